@@ -1,0 +1,118 @@
+"""Build components from a composed config through the plugin registry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from omegaconf import DictConfig, OmegaConf
+
+from metacontrast.config import ConfigError
+from metacontrast.interfaces import (
+    BuildContext,
+    Encoder,
+    EpisodeBuilder,
+    Evaluator,
+    Head,
+    Memory,
+    ViewGenerator,
+)
+from metacontrast.model import Model
+from metacontrast.plugins import PluginManager
+
+RESERVED_KEYS = ("name",)
+
+
+@attrs.define
+class Components:
+    """Everything built from one config: the data-side stages, the trainable ``model``,
+    the optional memory, the evaluators by name and the context they were built with."""
+
+    view_generator: ViewGenerator
+    episode_builder: EpisodeBuilder
+    model: Model
+    memory: Memory | None
+    evaluators: dict[str, Evaluator]
+    context: BuildContext
+
+
+def component_config(cls: type, key: str, params: dict[str, Any]) -> Any:
+    """Check ``params`` against ``cls.Config`` and build it. Unknown keys and wrong types
+    raise ``ConfigError`` naming ``key.<param>`` and the valid keys."""
+    schema = cls.Config
+    fields = {f.name for f in attrs.fields(schema)}
+    unknown = sorted(set(params) - fields)
+    if unknown:
+        valid = ", ".join(sorted(fields)) or "none"
+        raise ConfigError(f"{key}.{unknown[0]}: unknown key for {cls.NAME!r}; valid keys: {valid}")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema()), params)
+        return OmegaConf.to_object(merged)
+    except ValueError as err:
+        raise ConfigError(f"{key}: {err}") from None
+    except Exception as err:
+        bad = getattr(err, "full_key", None) or getattr(err, "key", None)
+        where = f"{key}.{bad}" if bad else key
+        msg = str(err).splitlines()[0]
+        raise ConfigError(f"{where}: {msg}") from None
+
+
+def _node(cfg: DictConfig, key: str) -> dict[str, Any]:
+    node = OmegaConf.select(cfg, key)
+    if node is None:
+        raise ConfigError(f"{key}: missing; choose one with {key}=<name>")
+    container = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    if not isinstance(container, dict) or "name" not in container:
+        raise ConfigError(f"{key}: must be a mapping with a 'name' key, got {container!r}")
+    return container
+
+
+def build_one(plugins: PluginManager, kind: str, key: str, params: dict[str, Any],
+              context: BuildContext) -> Any:
+    """Build the component ``params['name']`` of ``kind`` (config key ``key``)."""
+    params = dict(params)
+    name = params.pop("name")
+    cls = plugins.get(kind, str(name), key=f"{key}.name")
+    return cls(component_config(cls, key, params), context)
+
+
+def _named_map(cfg: DictConfig, key: str) -> dict[str, dict[str, Any]]:
+    node = OmegaConf.select(cfg, key)
+    if node is None:
+        return {}
+    container = OmegaConf.to_container(node, resolve=True)
+    if not isinstance(container, dict):
+        raise ConfigError(f"{key}: must map names to settings, got {container!r}")
+    for name, params in container.items():
+        if params is not None and not isinstance(params, dict):
+            raise ConfigError(f"{key}.{name}: must be a mapping of settings, got {params!r}")
+    return {str(k): dict(v or {}) for k, v in container.items()}
+
+
+def build_components(cfg: DictConfig, plugins: PluginManager, context: BuildContext) -> Components:
+    """Build every component the config names, encoder first (its D sizes the head)."""
+    view_generator = build_one(plugins, "view_generator", "views", _node(cfg, "views"), context)
+    episode_builder = build_one(plugins, "episode_builder", "episode", _node(cfg, "episode"), context)
+    encoder: Encoder = build_one(plugins, "encoder", "encoder", _node(cfg, "encoder"), context)
+    context = context.evolve(encoder_dim=encoder.out_dim)
+    head: Head = build_one(plugins, "head", "head", _node(cfg, "head"), context)
+    context = context.evolve(head_dim=head.out_dim)
+    solver = None
+    if OmegaConf.select(cfg, "solver") is not None:
+        solver = build_one(plugins, "solver", "solver", _node(cfg, "solver"), context)
+    losses, weights = {}, {}
+    for name, params in _named_map(cfg, "loss").items():
+        weights[name] = float(params.pop("weight", 1.0))
+        losses[name] = build_one(plugins, "loss", f"loss.{name}", {"name": name, **params}, context)
+    if not losses:
+        raise ConfigError("loss: no loss selected; choose with loss=[<name>, ...]")
+    memory = None
+    if OmegaConf.select(cfg, "memory") is not None:
+        memory = build_one(plugins, "memory", "memory", _node(cfg, "memory"), context)
+    evaluators = {name: build_one(plugins, "evaluator", f"eval.{name}", {"name": name, **params}, context)
+                  for name, params in _named_map(cfg, "eval").items()}
+    model = Model(encoder, head, losses, weights, solver=solver,
+                  forward_chunks=int(cfg.trainer.forward_chunks),
+                  channels_last=bool(cfg.trainer.channels_last))
+    return Components(view_generator=view_generator, episode_builder=episode_builder, model=model,
+                      memory=memory, evaluators=evaluators, context=context)

@@ -1,0 +1,96 @@
+"""Command line: ``metacontrast train|eval|plugins``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from metacontrast import __version__
+
+USAGE = """usage: metacontrast <command> [overrides ...]
+
+commands:
+  train [key=value ...]                    pre-train, then evaluate (hydra overrides,
+                                           e.g. data=cifar10 data.root=DIR encoder=resnet18)
+  eval checkpoint=PATH [key=value ...]     evaluate a checkpoint's encoder
+  plugins                                  list plugins and the components they register
+  config [key=value ...]                   print the composed config
+"""
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    from metacontrast.checkpoint import CheckpointError
+    from metacontrast.config import ConfigError
+    from metacontrast.data import DatasetError
+    from metacontrast.plugins import PluginError, UnknownComponentError
+    from metacontrast.records import ShapeError
+    from metacontrast.trainer import TrainingError
+
+    return (CheckpointError, ConfigError, DatasetError, PluginError, UnknownComponentError,
+            ShapeError, TrainingError)
+
+
+def _train(args: list[str]) -> int:
+    from metacontrast.config import compose_config
+    from metacontrast.trainer import fit
+
+    cfg = compose_config(args)
+    results = fit(cfg)
+    if results:
+        print(json.dumps({"run_dir": results["run_dir"], "metrics": results["metrics"]}, indent=2))
+    return 0
+
+
+def _eval(args: list[str]) -> int:
+    from metacontrast.config import ConfigError
+    from metacontrast.trainer import evaluate_checkpoint
+
+    paths = [a.split("=", 1)[1] for a in args if a.startswith("checkpoint=")]
+    if len(paths) != 1:
+        raise ConfigError("checkpoint: eval needs exactly one checkpoint=PATH")
+    rest = [a for a in args if not a.startswith("checkpoint=")]
+    results = evaluate_checkpoint(Path(paths[0]), rest)
+    print(json.dumps({"run_dir": results["run_dir"], "metrics": results["metrics"]}, indent=2))
+    return 0
+
+
+def _plugins(args: list[str]) -> int:
+    from metacontrast.plugins import PluginManager, describe
+
+    print(describe(PluginManager()))
+    return 0
+
+
+def _config(args: list[str]) -> int:
+    from metacontrast.config import compose_config, to_yaml
+
+    print(to_yaml(compose_config(args)), end="")
+    return 0
+
+
+COMMANDS = {"train": _train, "eval": _eval, "plugins": _plugins, "config": _config}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        print(f"metacontrast {__version__}")
+        return 0
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        print(f"metacontrast: error: unknown command {argv[0]!r}; commands: "
+              f"{', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    try:
+        return command(argv[1:])
+    except _errors() as err:
+        print(f"metacontrast: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

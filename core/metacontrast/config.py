@@ -1,0 +1,199 @@
+"""Typed config schema and composition of the hydra ``configs/`` groups.
+
+The fixed sections (``data``, ``optim``, ``trainer``, ``evaluation``, ``plugins``) are
+typed dataclasses, so a misspelt key or a wrong type fails at composition. Component
+sections (``views``, ``episode``, ``encoder``, ``head``, ``solver``, ``memory``, and the
+name-keyed ``loss`` and ``eval`` maps) are checked against the chosen component's own
+``Config`` when it is built (``metacontrast.builder``), again naming the full key.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_DIR_ENV = "METACONTRAST_CONFIG_DIR"
+
+
+class ConfigError(ValueError):
+    """The composed config is invalid; the message names the key at fault."""
+
+
+@dataclass
+class DataConfig:
+    """Which images to train and evaluate on.
+
+    ``name``: digits | cifar10 | cifar100 | stl10 | mnist | fashionmnist | imagefolder |
+    npz. ``root``: directory (or ``.npz`` file) to read. ``download``: let torchvision
+    fetch missing files (never needed offline). ``image_size``: resize to this side
+    (0 = keep). ``train_subset``/``test_subset``: cap the number of images (0 = all).
+    ``mean``/``std``: per-channel statistics in [0, 1] (empty = measured on the data).
+    """
+
+    name: str = "digits"
+    root: Optional[str] = None  # noqa: UP045 (OmegaConf needs typing.Optional)
+    download: bool = False
+    image_size: int = 0
+    train_subset: int = 0
+    test_subset: int = 0
+    seed: int = 0
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+
+
+@dataclass
+class OptimConfig:
+    """``name``: lars | sgd | adam | adamw. ``lr``: learning rate, multiplied by
+    ``global_batch / 256`` when ``scale_lr_by_batch``. ``eta``: LARS trust coefficient.
+    ``exclude_bias_and_norm``: no weight decay (and no LARS adaptation) for biases and
+    normalisation parameters. ``warmup_epochs``: linear warm-up, then ``schedule``
+    (cosine | constant) down to ``min_lr``."""
+
+    name: str = "lars"
+    lr: float = 0.3
+    scale_lr_by_batch: bool = True
+    weight_decay: float = 1e-6
+    momentum: float = 0.9
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eta: float = 0.001
+    exclude_bias_and_norm: bool = True
+    warmup_epochs: float = 10.0
+    schedule: str = "cosine"
+    min_lr: float = 0.0
+
+
+@dataclass
+class TrainerConfig:
+    """How to train. ``batch_size`` is per process; ``accumulate`` micro-batches per
+    optimizer step. ``precision``: auto | bf16 | fp16 | fp32 (auto: bf16 where the device
+    supports it). ``device``: auto | cpu | cuda. ``max_steps`` > 0 stops early.
+    ``checkpoint_every``: steps between checkpoints (0 = at each epoch end).
+    ``resume``: auto (newest checkpoint in ``run_dir``) | never | a checkpoint path."""
+
+    epochs: int = 100
+    max_steps: int = 0
+    batch_size: int = 256
+    accumulate: int = 1
+    precision: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    device: str = "auto"
+    seed: int = 0
+    sync_batchnorm: bool = True
+    forward_chunks: int = 1
+    log_every: int = 10
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    eval_every_epochs: int = 0
+    run_dir: Optional[str] = None  # noqa: UP045
+    resume: str = "auto"
+    progress: bool = True
+    tensorboard: bool = True
+    threads: int = 0
+
+
+@dataclass
+class EvaluationConfig:
+    """``baselines``: also evaluate ``random_init`` (the same encoder before training)
+    and ``raw_pixels``. ``train_subset``: cap the labelled train images used as kNN bank
+    and probe training set (0 = all). ``batch_size``: feature extraction batch."""
+
+    baselines: list[str] = field(default_factory=lambda: ["random_init", "raw_pixels"])
+    train_subset: int = 0
+    batch_size: int = 512
+
+
+@dataclass
+class PluginsConfig:
+    """``autoload``: load the ``metacontrast`` entry points. ``block``: plugin entry-point
+    or distribution names never loaded."""
+
+    autoload: bool = True
+    block: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    """The whole composed config (see ``configs/config.yaml``)."""
+
+    method_name: str = "custom"
+    data: DataConfig = field(default_factory=DataConfig)
+    views: Any = field(default_factory=dict)
+    episode: Any = field(default_factory=dict)
+    encoder: Any = field(default_factory=dict)
+    head: Any = field(default_factory=dict)
+    solver: Any = None
+    loss: Any = field(default_factory=dict)
+    memory: Any = None
+    eval: Any = field(default_factory=dict)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    plugins: PluginsConfig = field(default_factory=PluginsConfig)
+
+
+def _register_schema() -> None:
+    ConfigStore.instance().store(name="schema", node=Config)
+
+
+def config_dir() -> Path:
+    """The ``configs/`` directory: ``$METACONTRAST_CONFIG_DIR``, else the one shipped in
+    the package, else the source checkout's."""
+    env = os.environ.get(CONFIG_DIR_ENV)
+    candidates = [Path(env)] if env else []
+    here = Path(__file__).resolve().parent
+    candidates += [here / "configs", here.parent.parent / "configs"]
+    for c in candidates:
+        if (c / "config.yaml").is_file():
+            return c
+    raise ConfigError(f"no configs/config.yaml found (looked in {', '.join(map(str, candidates))}); "
+                      f"set {CONFIG_DIR_ENV}")
+
+
+def compose_config(overrides: list[str] | tuple[str, ...] = (),
+                   config_name: str = "config") -> DictConfig:
+    """Compose ``configs/<config_name>.yaml`` with command-line style ``overrides``.
+
+    Errors (unknown group option, misspelt key, wrong type) become one-line
+    ``ConfigError``s naming the key."""
+    _register_schema()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=list(overrides))
+    except Exception as err:  # hydra raises several types; all are config errors here
+        raise ConfigError(_one_line(err)) from None
+    finally:
+        GlobalHydra.instance().clear()
+    return cfg
+
+
+def _one_line(err: Exception) -> str:
+    text = str(err).strip()
+    cause = err.__cause__
+    if cause is not None and str(cause).strip() and str(cause).strip() not in text:
+        text = f"{text}: {str(cause).strip()}"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return " | ".join(lines) if lines else type(err).__name__
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def from_yaml(text: str) -> DictConfig:
+    """A config stored as YAML (in a run directory or checkpoint), re-typed by the
+    schema so that it is checked exactly like a freshly composed one."""
+    _register_schema()
+    loaded = OmegaConf.create(text)
+    try:
+        return OmegaConf.merge(OmegaConf.structured(Config), loaded)
+    except Exception as err:
+        raise ConfigError(f"stored config: {_one_line(err)}") from None

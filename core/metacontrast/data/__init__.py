@@ -1,0 +1,6 @@
+"""Datasets as uint8 tensors held on the device, and the batch sampler."""
+
+from metacontrast.data.datasets import DatasetError, ImageData, load_dataset
+from metacontrast.data.sampler import EpochBatchSampler
+
+__all__ = ["DatasetError", "EpochBatchSampler", "ImageData", "load_dataset"]

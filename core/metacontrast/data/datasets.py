@@ -1,0 +1,237 @@
+"""Dataset adapters: each returns an ``ImageData`` of uint8 ``(N, C, H, W)`` tensors.
+
+Adapters: ``digits`` (scikit-learn's bundled 8x8 digits, upsampled; needs no file and no
+network), the torchvision datasets ``cifar10``, ``cifar100``, ``stl10``, ``mnist``,
+``fashionmnist`` read from ``data.root``, ``imagefolder`` and a generic ``npz``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class DatasetError(ValueError):
+    """A dataset could not be read; the message names the key or file at fault."""
+
+
+@attrs.frozen(eq=False)
+class ImageData:
+    """Train and test images ``(N, C, H, W)`` uint8 with int64 labels ``(N,)``;
+    ``mean``/``std`` per channel in [0, 1] units."""
+
+    name: str
+    train_images: Tensor
+    train_labels: Tensor
+    test_images: Tensor
+    test_labels: Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __attrs_post_init__(self) -> None:
+        for split in ("train", "test"):
+            x, y = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
+            if x.dtype != torch.uint8 or x.dim() != 4:
+                raise DatasetError(f"{self.name}: {split} images must be uint8 (N, C, H, W), "
+                                   f"got {x.dtype} {tuple(x.shape)}")
+            if y.shape != (x.shape[0],):
+                raise DatasetError(f"{self.name}: {split} labels must be ({x.shape[0]},), "
+                                   f"got {tuple(y.shape)}")
+
+    @property
+    def channels(self) -> int:
+        return int(self.train_images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_images.shape[2])
+
+    def to(self, device: torch.device) -> ImageData:
+        return attrs.evolve(self, **{k: getattr(self, k).to(device) for k in
+                                     ("train_images", "train_labels", "test_images", "test_labels")})
+
+
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _require_root(cfg: Any) -> Path:
+    if not cfg.root:
+        raise DatasetError(f"data.root: dataset {cfg.name!r} needs a directory; "
+                           f"set data.root=/path/to/{cfg.name}")
+    root = Path(str(cfg.root)).expanduser()
+    if not root.exists():
+        raise DatasetError(f"data.root: {root} does not exist (dataset {cfg.name!r})")
+    return root
+
+
+def _digits(cfg: Any) -> Arrays:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.images / 16.0 * 255.0).round().astype(np.uint8)[:, None]  # (N, 1, 8, 8)
+    y = bunch.target.astype(np.int64)
+    order = np.random.default_rng(cfg.seed).permutation(len(y))
+    n_test = 500
+    test, train = order[:n_test], order[n_test:]
+    return x[train], y[train], x[test], y[test]
+
+
+def _npz_arrays(path: Path) -> Arrays:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z.files]
+            if missing:
+                raise DatasetError(f"data.root: {path} lacks {', '.join(missing)} (has "
+                                   f"{', '.join(z.files)})")
+            return z["x_train"], z["y_train"], z["x_test"], z["y_test"]
+    except (OSError, ValueError) as err:
+        if isinstance(err, DatasetError):
+            raise
+        raise DatasetError(f"data.root: {path} is not a readable .npz: {err}") from None
+
+
+def _npz(cfg: Any) -> Arrays:
+    root = _require_root(cfg)
+    if root.is_dir():
+        found = sorted(root.glob("*.npz"))
+        if len(found) != 1:
+            raise DatasetError(f"data.root: {root} must be an .npz file or a folder holding "
+                               f"exactly one, found {len(found)}")
+        root = found[0]
+    return _npz_arrays(root)
+
+
+def _torchvision(cls_name: str, npz_name: str | None = None) -> Callable[[Any], Arrays]:
+    def load(cfg: Any) -> Arrays:
+        root = _require_root(cfg) if not cfg.download else Path(str(cfg.root or ".cache/data"))
+        if npz_name is not None:  # the layout of ../shared/data/prepare.py
+            for candidate in (root / npz_name, root / Path(npz_name).name):
+                if candidate.is_file():
+                    return _npz_arrays(candidate)
+        import torchvision
+
+        cls = getattr(torchvision.datasets, cls_name)
+        try:
+            if cls_name == "STL10":
+                splits = [cls(str(root), split=s, download=cfg.download) for s in ("train", "test")]
+            else:
+                splits = [cls(str(root), train=t, download=cfg.download) for t in (True, False)]
+        except RuntimeError as err:
+            raise DatasetError(f"data.root: {cls_name} not found under {root} ({err}); pass "
+                               f"data.download=true when online") from None
+        out: list[np.ndarray] = []
+        for ds in splits:
+            x = np.asarray(ds.data)
+            y = np.asarray(getattr(ds, "targets", getattr(ds, "labels", None)), dtype=np.int64)
+            out += [x, y]
+        return out[0], out[1], out[2], out[3]
+
+    return load
+
+
+def _imagefolder(cfg: Any) -> Arrays:
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+
+    root = _require_root(cfg)
+    if not cfg.image_size:
+        raise DatasetError("data.image_size: imagefolder needs a fixed size, e.g. data.image_size=64")
+    splits = []
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise DatasetError(f"data.root: {root} must hold train/ and test/ class folders; "
+                               f"{root / split} is missing")
+        folder = ImageFolder(str(root / split))
+        if split == "test" and folder.classes != splits[0][2]:
+            raise DatasetError(f"data.root: {root}/test has classes {folder.classes}, train has "
+                               f"{splits[0][2]}")
+        images = np.empty((len(folder.samples), cfg.image_size, cfg.image_size, 3), np.uint8)
+        for i, (path, _) in enumerate(folder.samples):
+            try:
+                with Image.open(path) as im:
+                    im = im.convert("RGB").resize((cfg.image_size, cfg.image_size),
+                                                  Image.Resampling.BICUBIC)
+                    images[i] = np.asarray(im)
+            except OSError as err:
+                raise DatasetError(f"{path}: not a readable image ({err})") from None
+        splits.append((images, np.asarray(folder.targets, dtype=np.int64), folder.classes))
+    return splits[0][0], splits[0][1], splits[1][0], splits[1][1]
+
+
+ADAPTERS: dict[str, Callable[[Any], Arrays]] = {
+    "digits": _digits,
+    "cifar10": _torchvision("CIFAR10", "cifar10/cifar10.npz"),
+    "cifar100": _torchvision("CIFAR100"),
+    "stl10": _torchvision("STL10"),
+    "mnist": _torchvision("MNIST"),
+    "fashionmnist": _torchvision("FashionMNIST"),
+    "imagefolder": _imagefolder,
+    "npz": _npz,
+}
+DEFAULT_SIZES = {"digits": 32}
+
+
+def _to_nchw(x: np.ndarray, name: str, split: str) -> Tensor:
+    if x.dtype != np.uint8:
+        raise DatasetError(f"{name}: {split} images must be uint8, got {x.dtype}")
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.transpose(0, 3, 1, 2)
+    elif x.ndim != 4:
+        raise DatasetError(f"{name}: {split} images must be (N, H, W), (N, H, W, C) or "
+                           f"(N, C, H, W), got {x.shape}")
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def _resize(x: Tensor, size: int) -> Tensor:
+    if size <= 0 or (x.shape[2] == size and x.shape[3] == size):
+        return x
+    mode = "bilinear" if size > x.shape[2] else "area"
+    y = F.interpolate(x.float(), size=(size, size), mode=mode)
+    return y.round().clamp(0, 255).to(torch.uint8)
+
+
+def _subset(x: Tensor, y: Tensor, n: int, seed: int) -> tuple[Tensor, Tensor]:
+    if n <= 0 or n >= x.shape[0]:
+        return x, y
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.randperm(x.shape[0], generator=g)[:n].sort().values
+    return x[keep], y[keep]
+
+
+def load_dataset(cfg: Any) -> ImageData:
+    """Read the dataset that the ``data`` config section names (on the CPU)."""
+    adapter = ADAPTERS.get(str(cfg.name))
+    if adapter is None:
+        raise DatasetError(f"data.name: unknown dataset {cfg.name!r}; available: "
+                           f"{', '.join(sorted(ADAPTERS))}")
+    x_tr, y_tr, x_te, y_te = adapter(cfg)
+    size = cfg.image_size or DEFAULT_SIZES.get(str(cfg.name), 0)
+    train = _resize(_to_nchw(x_tr, cfg.name, "train"), size)
+    test = _resize(_to_nchw(x_te, cfg.name, "test"), size)
+    train_y = torch.as_tensor(np.asarray(y_tr, dtype=np.int64))
+    test_y = torch.as_tensor(np.asarray(y_te, dtype=np.int64))
+    train, train_y = _subset(train, train_y, cfg.train_subset, cfg.seed)
+    test, test_y = _subset(test, test_y, cfg.test_subset, cfg.seed + 1)
+    if len(cfg.mean) and len(cfg.std):
+        mean, std = tuple(float(m) for m in cfg.mean), tuple(float(s) for s in cfg.std)
+        if len(mean) != train.shape[1] or len(std) != train.shape[1]:
+            raise DatasetError(f"data.mean/data.std: need {train.shape[1]} values each, got "
+                               f"{len(mean)} and {len(std)}")
+    else:
+        xf = train.float() / 255.0
+        mean = tuple(xf.mean(dim=(0, 2, 3)).tolist())
+        std = tuple(xf.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
+    num_classes = int(max(train_y.max(), test_y.max())) + 1 if len(train_y) else 0
+    return ImageData(name=str(cfg.name), train_images=train, train_labels=train_y,
+                     test_images=test, test_labels=test_y, num_classes=num_classes,
+                     mean=mean, std=std)

@@ -1,0 +1,185 @@
+"""The component kinds a plugin can register, and what the builder hands them.
+
+Every component class has a unique ``NAME`` (how configs select it) and a ``Config``:
+an attrs class of its parameters, with the paper's defaults. The builder validates the
+config node against ``Config`` (unknown key or wrong type: an error with the key's full
+path) and calls ``cls(config, context)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Protocol
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+from metacontrast.records import (
+    Batch,
+    Embeddings,
+    Episode,
+    Features,
+    Logits,
+    LossInputs,
+    LossTerms,
+    Views,
+)
+
+
+@attrs.define
+class NoConfig:
+    """Config of a component without parameters."""
+
+
+@attrs.frozen
+class BuildContext:
+    """Facts a component may need at construction.
+
+    ``in_channels``/``image_size``: the stored images' C and H (= W). ``mean``/``std``:
+    per-channel statistics in [0, 1] units. ``encoder_dim``/``head_dim``: D of ``h`` and
+    ``z`` once those are built. ``rank``/``world_size``: the process group position.
+    """
+
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    device: torch.device = attrs.field(factory=lambda: torch.device("cpu"))
+    num_classes: int = 0
+    encoder_dim: int = 0
+    head_dim: int = 0
+    rank: int = 0
+    world_size: int = 1
+
+    def evolve(self, **changes: Any) -> BuildContext:
+        return attrs.evolve(self, **changes)
+
+
+class ViewGenerator(nn.Module):
+    """Batch (uint8 ``(B, C, H, W)``) -> Views (V float tensors ``(B, C, H', W')``).
+
+    Subclasses implement ``forward(batch, generator)``; all randomness comes from
+    ``generator`` (a ``torch.Generator`` on the batch's device).
+    """
+
+    NAME: ClassVar[str]
+    Config: ClassVar[type] = NoConfig
+
+    def forward(self, batch: Batch, generator: torch.Generator) -> Views:  # pragma: no cover
+        raise NotImplementedError
+
+
+class Encoder(nn.Module):
+    """Float images ``(N, C, H, W)`` -> representations ``h (N, out_dim)``."""
+
+    NAME: ClassVar[str]
+    Config: ClassVar[type] = NoConfig
+    out_dim: int
+
+
+class Head(nn.Module):
+    """Representations ``h (N, D_in)`` -> projections ``z (N, out_dim)``."""
+
+    NAME: ClassVar[str]
+    Config: ClassVar[type] = NoConfig
+    out_dim: int
+
+
+class EpisodeBuilder:
+    """Views -> Episode (labels ``(V*B,)``, support ``(S,)``, query ``(Q,)``)."""
+
+    NAME: ClassVar[str]
+    Config: ClassVar[type] = NoConfig
+
+    def __init__(self, config: Any, context: BuildContext) -> None:
+        self.config = config
+
+    def __call__(self, views: Views) -> Episode:  # pragma: no cover
+        raise NotImplementedError
+
+
+class Solver(nn.Module):
+    """(Embeddings, Episode) -> Logits ``(Q, N)``: an inner loop fitted on the support."""
+
+    NAME: ClassVar[str]
+    Config: ClassVar[type] = NoConfig
+
+    def forward(self, embeddings: Embeddings, episode: Episode) -> Logits:  # pragma: no cover
+        raise NotImplementedError
+
+
+class Loss(nn.Module):
+    """LossInputs -> 0-dim loss. The configured ``weight`` is applied by the step."""
+
+    NAME: ClassVar[str]
+    Config: ClassVar[type] = NoConfig
+
+    def forward(self, inputs: LossInputs) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+class Memory(nn.Module):
+    """Keys ``(M, D)`` held in buffers; ``read() -> (M, D)``, ``update(keys, ids)``."""
+
+    NAME: ClassVar[str]
+    Config: ClassVar[type] = NoConfig
+
+    def read(self) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def update(self, keys: Tensor, ids: Tensor) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+
+class Evaluator:
+    """Frozen train/test Features -> named metrics (floats, in [0, 1] for accuracies)."""
+
+    NAME: ClassVar[str]
+    Config: ClassVar[type] = NoConfig
+
+    def __init__(self, config: Any, context: BuildContext) -> None:
+        self.config = config
+
+    def evaluate(self, train: Features, test: Features) -> dict[str, float]:  # pragma: no cover
+        raise NotImplementedError
+
+
+class StepContext(Protocol):
+    """What a train step receives besides the batch."""
+
+    generator: torch.Generator
+    step: int
+
+
+class TrainStep(Protocol):
+    """A method's step: ``step(batch, ctx) -> LossTerms`` (forward only; the trainer runs
+    backward and the optimizer), and ``on_optimizer_step()`` for teachers and memories."""
+
+    def __call__(self, batch: Batch, ctx: StepContext) -> LossTerms: ...
+
+    def on_optimizer_step(self) -> None: ...
+
+
+COMPONENT_KINDS: dict[str, type] = {  # kind -> base class
+    "view_generator": ViewGenerator,
+    "encoder": Encoder,
+    "head": Head,
+    "episode_builder": EpisodeBuilder,
+    "solver": Solver,
+    "loss": Loss,
+    "memory": Memory,
+    "evaluator": Evaluator,
+}
+"""Component kind -> base class."""
+
+REGISTER_HOOKS: dict[str, str] = {
+    "view_generator": "metacontrast_register_view_generators",
+    "encoder": "metacontrast_register_encoders",
+    "head": "metacontrast_register_heads",
+    "episode_builder": "metacontrast_register_episode_builders",
+    "solver": "metacontrast_register_solvers",
+    "loss": "metacontrast_register_losses",
+    "memory": "metacontrast_register_memories",
+    "evaluator": "metacontrast_register_evaluators",
+}
+"""Component kind -> the registration hook that returns classes of that kind."""

@@ -1,0 +1,63 @@
+"""The trainable part of a method: encoder, head, solver and losses in one module.
+
+One module (one ``forward``) so that ``DistributedDataParallel`` sees every parameter
+that a step uses, the solver's and the losses' included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from metacontrast.interfaces import Encoder, Head, Loss, Solver
+from metacontrast.records import Embeddings, Episode, LossInputs, LossTerms, Views
+
+
+class Model(nn.Module):
+    """``forward(views, episode) -> (LossTerms, Embeddings)``.
+
+    ``forward_chunks``: the V views are encoded in this many forward passes (1: all
+    ``V * B`` images at once; views of different sizes are always encoded separately).
+    ``channels_last``: images enter the encoder in channels-last memory format.
+    """
+
+    def __init__(self, encoder: Encoder, head: Head, losses: Mapping[str, Loss],
+                 weights: Mapping[str, float], solver: Solver | None = None,
+                 forward_chunks: int = 1, channels_last: bool = False) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.solver = solver
+        self.losses = nn.ModuleDict(dict(losses))
+        self.weights = dict(weights)
+        self.forward_chunks = max(1, forward_chunks)
+        self.channels_last = channels_last
+
+    def encode(self, images: Tensor) -> Tensor:
+        """Float images ``(N, C, H, W)`` -> ``h (N, D)``."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.encoder(images)
+
+    def embed(self, views: Views) -> Embeddings:
+        """All V views -> ``Embeddings`` with ``h``, ``z`` of shape ``(V * B, D)``."""
+        same_size = len({tuple(v.shape[1:]) for v in views.images}) == 1
+        if same_size and self.forward_chunks == 1:
+            h = self.encode(torch.cat(views.images))
+        elif same_size:
+            x = torch.cat(views.images)
+            h = torch.cat([self.encode(c) for c in x.chunk(self.forward_chunks)])
+        else:
+            h = torch.cat([self.encode(v) for v in views.images])
+        return Embeddings(h=h, z=self.head(h))
+
+    def forward(self, views: Views, episode: Episode) -> tuple[LossTerms, Embeddings]:
+        embeddings = self.embed(views)
+        logits = self.solver(embeddings, episode) if self.solver is not None else None
+        inputs = LossInputs(views=views, episode=episode, embeddings=embeddings, logits=logits)
+        terms: dict[str, Tensor] = {}
+        for name, loss in self.losses.items():
+            terms[name] = self.weights[name] * loss(inputs).float()
+        return LossTerms(terms), embeddings

@@ -1,0 +1,131 @@
+"""Optimizers (LARS, SGD, Adam, AdamW) and the warm-up + cosine schedule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from metacontrast.config import ConfigError
+
+
+class LARS(torch.optim.Optimizer):
+    """Layer-wise Adaptive Rate Scaling (You et al., 2017), as SimCLR uses it.
+
+    For each parameter ``p`` with gradient ``g`` in a group with ``lars_adapt``:
+    ``trust = eta * ||p|| / (||g|| + wd * ||p||)`` (1 where either norm is 0);
+    ``u = trust * (g + wd * p)``; ``buf = momentum * buf + u``; ``p -= lr * buf``.
+    Groups with ``lars_adapt=False`` (biases, norms) get ``u = g + wd * p``.
+    Norms are computed for all parameters at once with ``torch._foreach_norm``.
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float, momentum: float = 0.9,
+                 weight_decay: float = 0.0, eta: float = 0.001) -> None:
+        if lr < 0 or eta < 0 or weight_decay < 0:
+            raise ValueError(f"LARS: lr, eta and weight_decay must be >= 0, got {lr}, {eta}, "
+                             f"{weight_decay}")
+        defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "eta": eta,
+                    "lars_adapt": True}
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            wd, eta, mom = group["weight_decay"], group["eta"], group["momentum"]
+            if group["lars_adapt"]:
+                p_norm = torch.stack(torch._foreach_norm(params))
+                g_norm = torch.stack(torch._foreach_norm(grads))
+                trust = torch.where((p_norm > 0) & (g_norm > 0),
+                                    eta * p_norm / (g_norm + wd * p_norm), torch.ones_like(p_norm))
+            updates = torch._foreach_add(grads, params, alpha=wd) if wd else [g.clone() for g in grads]
+            if group["lars_adapt"]:
+                torch._foreach_mul_(updates, list(trust.unbind()))
+            bufs = []
+            for p in params:
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                bufs.append(state["momentum_buffer"])
+            torch._foreach_mul_(bufs, mom)
+            torch._foreach_add_(bufs, updates)
+            torch._foreach_add_(params, bufs, alpha=-group["lr"])
+        return loss
+
+
+def _is_bias_or_norm(name: str, p: Tensor, module_of: dict[str, nn.Module]) -> bool:
+    owner = module_of.get(name.rsplit(".", 1)[0] if "." in name else "")
+    norm_types = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+    return p.dim() <= 1 or isinstance(owner, norm_types)
+
+
+def param_groups(model: nn.Module, weight_decay: float, exclude_bias_and_norm: bool) -> list[dict]:
+    """Two groups: weights (decay, LARS adaptation) and biases/norm parameters (neither,
+    when ``exclude_bias_and_norm``)."""
+    modules = dict(model.named_modules())
+    decay, plain = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (plain if exclude_bias_and_norm and _is_bias_or_norm(name, p, modules) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay, "lars_adapt": True}]
+    if plain:
+        groups.append({"params": plain, "weight_decay": 0.0, "lars_adapt": False})
+    return groups
+
+
+def effective_lr(cfg: Any, global_batch: int) -> float:
+    return cfg.lr * global_batch / 256 if cfg.scale_lr_by_batch else cfg.lr
+
+
+def build_optimizer(cfg: Any, model: nn.Module, global_batch: int) -> torch.optim.Optimizer:
+    """The optimizer ``optim.name`` over ``model``'s parameters."""
+    lr = effective_lr(cfg, global_batch)
+    groups = param_groups(model, cfg.weight_decay, cfg.exclude_bias_and_norm)
+    name = str(cfg.name)
+    if name == "lars":
+        return LARS(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, eta=cfg.eta)
+    for g in groups:
+        g.pop("lars_adapt")
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, foreach=True)
+    if name in ("adam", "adamw"):
+        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        return cls(groups, lr=lr, betas=tuple(cfg.betas), foreach=True)
+    raise ConfigError(f"optim.name: unknown optimizer {name!r}; available: adam, adamw, lars, sgd")
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0,
+                  schedule: str = "cosine") -> float:
+    """LR multiplier at ``step``: linear from 1/warmup to 1 over ``warmup_steps``, then
+    cosine (or constant) decay to ``min_ratio`` at ``total_steps``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    progress = min(max(progress, 0.0), 1.0)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(cfg: Any, optimizer: torch.optim.Optimizer, total_steps: int,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step ``LambdaLR`` following ``warmup_cosine``."""
+    if cfg.schedule not in ("cosine", "constant"):
+        raise ConfigError(f"optim.schedule: unknown schedule {cfg.schedule!r}; available: "
+                          f"constant, cosine")
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    base = optimizer.param_groups[0]["lr"]
+    min_ratio = cfg.min_lr / base if base > 0 else 0.0
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, total_steps, warmup, min_ratio, cfg.schedule))

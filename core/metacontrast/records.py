@@ -1,0 +1,229 @@
+"""Frozen records for the data walking through one training step.
+
+No bare dicts or tuples cross a stage boundary: each stage takes and returns one of
+these. Validation checks shapes only (never values), so it costs no device sync.
+
+Shape letters: B batch, V views, N way, S support, Q query, D dim, C channels, H, W.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import torch
+from torch import Tensor
+
+
+class ShapeError(ValueError):
+    """A record was built from tensors of inconsistent shapes."""
+
+
+def _check(condition: bool, record: str, message: str) -> None:
+    if not condition:
+        raise ShapeError(f"{record}: {message}")
+
+
+@attrs.frozen(eq=False)
+class Batch:
+    """A batch of images as stored: uint8 ``images (B, C, H, W)``, dataset ``index (B,)``
+    and optional ``labels (B,)`` (never used for pre-training)."""
+
+    images: Tensor
+    index: Tensor
+    labels: Tensor | None = None
+
+    def __attrs_post_init__(self) -> None:
+        _check(self.images.dim() == 4, "Batch",
+               f"images must be (B, C, H, W), got {tuple(self.images.shape)}")
+        _check(self.images.dtype == torch.uint8, "Batch", f"images must be uint8, got {self.images.dtype}")
+        _check(self.index.shape == (self.images.shape[0],), "Batch",
+               f"index must be (B,)=({self.images.shape[0]},), got {tuple(self.index.shape)}")
+        if self.labels is not None:
+            _check(self.labels.shape == self.index.shape, "Batch",
+                   f"labels must be (B,), got {tuple(self.labels.shape)}")
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[0])
+
+
+@attrs.frozen(eq=False)
+class Views:
+    """V augmented views of the same B images.
+
+    ``images``: tuple of V float tensors ``(B, C, H_v, W_v)`` (sizes may differ per view,
+    as in multi-crop). ``params``: the random parameters that made them, each tensor with
+    leading dims ``(V, B)``. ``index``: dataset index ``(B,)`` of the source images.
+    """
+
+    images: tuple[Tensor, ...]
+    index: Tensor
+    params: Mapping[str, Tensor] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        _check(len(self.images) >= 1, "Views", "needs at least one view")
+        b = self.index.shape[0]
+        for v, img in enumerate(self.images):
+            _check(img.dim() == 4 and img.shape[0] == b, "Views",
+                   f"view {v} must be (B={b}, C, H, W), got {tuple(img.shape)}")
+        for name, p in self.params.items():
+            _check(p.dim() >= 2 and tuple(p.shape[:2]) == (len(self.images), b), "Views",
+                   f"param {name!r} must start with (V={len(self.images)}, B={b}), "
+                   f"got {tuple(p.shape)}")
+
+    @property
+    def n_views(self) -> int:
+        return len(self.images)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.index.shape[0])
+
+
+@attrs.frozen(eq=False)
+class Episode:
+    """A classification task built from views.
+
+    ``labels (V*B,)``: the class of each view-sample, in view-major order (``v * B + b``).
+    ``support (S,)`` and ``query (Q,)``: indices into the V*B view-samples.
+    ``n_way``: number of classes N. ``exclude_self``: a query is never scored against
+    itself (the all-pairs episode of SimCLR, where support and query coincide).
+    """
+
+    labels: Tensor
+    support: Tensor
+    query: Tensor
+    n_way: int
+    n_views: int
+    batch_size: int
+    exclude_self: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        n = self.n_views * self.batch_size
+        _check(self.labels.shape == (n,), "Episode",
+               f"labels must be (V*B,)=({n},), got {tuple(self.labels.shape)}")
+        _check(self.support.dim() == 1 and self.query.dim() == 1, "Episode",
+               "support and query must be 1-D index tensors")
+
+    @classmethod
+    def pairs(cls, views: Views) -> Episode:
+        """SimCLR's all-pairs episode: B-way, each image its own class, every view both
+        support and query, scored against all other V*B - 1 view-samples."""
+        b, v = views.batch_size, views.n_views
+        device = views.index.device
+        labels = torch.arange(b, device=device).repeat(v)
+        every = torch.arange(v * b, device=device)
+        return cls(labels=labels, support=every, query=every, n_way=b, n_views=v,
+                   batch_size=b, exclude_self=True)
+
+    @classmethod
+    def n_way_k_shot(cls, views: Views, n_support_views: int) -> Episode:
+        """B-way episode: the first ``n_support_views`` views of each image are its
+        support (K = n_support_views shots), the remaining views its queries."""
+        b, v = views.batch_size, views.n_views
+        if not 0 < n_support_views < v:
+            raise ShapeError(f"Episode.n_way_k_shot: n_support_views must be in [1, {v - 1}] "
+                             f"for {v} views, got {n_support_views}")
+        device = views.index.device
+        labels = torch.arange(b, device=device).repeat(v)
+        support = torch.arange(n_support_views * b, device=device)
+        query = torch.arange(n_support_views * b, v * b, device=device)
+        return cls(labels=labels, support=support, query=query, n_way=b, n_views=v,
+                   batch_size=b)
+
+
+@attrs.frozen(eq=False)
+class Embeddings:
+    """Encoder and head outputs for all V*B view-samples (view-major order).
+
+    ``h (V*B, D_h)``: representation. ``z (V*B, D_z)``: projection used by the losses.
+    ``extras``: further named outputs (predictor outputs, rotation logits, ...).
+    """
+
+    h: Tensor
+    z: Tensor
+    extras: Mapping[str, Tensor] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        _check(self.h.dim() == 2 and self.z.dim() == 2, "Embeddings",
+               f"h and z must be 2-D, got {tuple(self.h.shape)} and {tuple(self.z.shape)}")
+        _check(self.h.shape[0] == self.z.shape[0], "Embeddings",
+               f"h and z disagree on V*B: {self.h.shape[0]} vs {self.z.shape[0]}")
+
+    def view(self, v: int, n_views: int) -> Tensor:
+        """The projections ``z`` of view ``v``: ``(B, D_z)``."""
+        b = self.z.shape[0] // n_views
+        return self.z[v * b:(v + 1) * b]
+
+
+@attrs.frozen(eq=False)
+class Logits:
+    """Scores of each query against the episode's classes: ``scores (Q, N)`` and
+    ``targets (Q,)`` (class indices) or ``(Q, N)`` (soft targets)."""
+
+    scores: Tensor
+    targets: Tensor
+
+    def __attrs_post_init__(self) -> None:
+        _check(self.scores.dim() == 2, "Logits", f"scores must be (Q, N), got {tuple(self.scores.shape)}")
+        _check(self.targets.shape[0] == self.scores.shape[0], "Logits",
+               f"targets must start with Q={self.scores.shape[0]}, got {tuple(self.targets.shape)}")
+
+
+@attrs.frozen(eq=False)
+class LossInputs:
+    """Everything a loss may read: the views, the episode, the embeddings and the
+    solver's logits (``None`` when the method has no solver)."""
+
+    views: Views
+    episode: Episode
+    embeddings: Embeddings
+    logits: Logits | None = None
+
+
+@attrs.frozen(eq=False)
+class LossTerms:
+    """Named, already weighted, 0-dim loss terms; ``total`` is their sum."""
+
+    terms: Mapping[str, Tensor]
+
+    def __attrs_post_init__(self) -> None:
+        _check(len(self.terms) > 0, "LossTerms", "needs at least one term")
+        for name, t in self.terms.items():
+            _check(t.dim() == 0, "LossTerms", f"term {name!r} must be 0-dim, got {tuple(t.shape)}")
+
+    @property
+    def total(self) -> Tensor:
+        values = list(self.terms.values())
+        out = values[0]
+        for t in values[1:]:
+            out = out + t
+        return out
+
+    def detached(self) -> LossTerms:
+        return LossTerms({k: v.detach() for k, v in self.terms.items()})
+
+
+@attrs.frozen(eq=False)
+class Features:
+    """Frozen features of a labelled split: ``x (N, D)`` and ``y (N,)``."""
+
+    x: Tensor
+    y: Tensor
+
+    def __attrs_post_init__(self) -> None:
+        _check(self.x.dim() == 2 and self.y.shape == (self.x.shape[0],), "Features",
+               f"need x (N, D) and y (N,), got {tuple(self.x.shape)} and {tuple(self.y.shape)}")
+
+
+@attrs.frozen(eq=False)
+class StepState:
+    """What boundary hooks see: position, the detached loss terms of the last step and
+    the (unwrapped) model."""
+
+    step: int
+    epoch: int
+    terms: LossTerms | None
+    model: Any

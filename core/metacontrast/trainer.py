@@ -1,0 +1,486 @@
+"""The training loop: one code path for one process and for DDP under ``torchrun``.
+
+Reads top to bottom like a recipe: world -> data -> components -> optimizer ->
+resume -> steps (boundary hooks, metrics, checkpoints) -> evaluation -> results.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from metacontrast import distributed
+from metacontrast.builder import Components, build_components
+from metacontrast.checkpoint import (
+    CheckpointError,
+    checkpoint_path,
+    list_checkpoints,
+    load_safe,
+    prune,
+    restore_rng_state,
+    rng_state,
+    save_atomic,
+)
+from metacontrast.config import ConfigError, from_yaml, to_yaml
+from metacontrast.data import EpochBatchSampler, ImageData, load_dataset
+from metacontrast.evaluation import (
+    extract_features,
+    raw_pixel_features,
+    run_evaluators,
+    train_subset_indices,
+)
+from metacontrast.interfaces import BuildContext
+from metacontrast.metrics import MetricsLogger
+from metacontrast.optim import build_optimizer, build_scheduler
+from metacontrast.plugins import PluginManager
+from metacontrast.records import Batch, LossTerms, StepState
+from metacontrast.step import StepInputs
+
+# Config sections a checkpoint must agree on to be resumed or evaluated.
+STRUCTURAL_KEYS = ("encoder", "head", "solver", "loss", "memory", "episode", "views",
+                   "data.name", "data.image_size", "optim.name", "trainer.batch_size",
+                   "trainer.accumulate")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message names the step and what went wrong."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device: {name!r} asked for but no CUDA device is available")
+    if not (name == "cpu" or name.startswith("cuda")):
+        raise ConfigError(f"trainer.device: unknown device {name!r}; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """autocast dtype for ``trainer.precision`` (``None`` = fp32)."""
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if torch.cpu._is_avx512_bf16_supported() else None
+    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+    if name not in table:
+        raise ConfigError(f"trainer.precision: unknown precision {name!r}; use auto, bf16, fp16, fp32")
+    if name == "fp16" and device.type != "cuda":
+        raise ConfigError("trainer.precision: fp16 needs a CUDA device; use bf16 on the CPU")
+    return table[name]
+
+
+def autocast_factory(device: torch.device, dtype: torch.dtype | None
+                     ) -> Callable[[], contextlib.AbstractContextManager]:
+    if dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def check_compatible(stored: DictConfig, current: DictConfig, source: Path) -> None:
+    """Refuse a checkpoint whose structural config differs, naming the first key."""
+    for key in STRUCTURAL_KEYS:
+        a, b = OmegaConf.select(stored, key), OmegaConf.select(current, key)
+        a = OmegaConf.to_container(a, resolve=True) if isinstance(a, DictConfig) else a
+        b = OmegaConf.to_container(b, resolve=True) if isinstance(b, DictConfig) else b
+        if a != b:
+            raise ConfigError(f"{key}: checkpoint {source} was made with {key}={a!r}, the config "
+                              f"says {b!r}; use a new trainer.run_dir or the matching config")
+
+
+@attrs.define
+class Position:
+    """Where training stands: optimizer ``step``, ``epoch``, next micro-batch ``batch`` of
+    the epoch."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+
+
+@attrs.define
+class Run:
+    """Everything one training run holds."""
+
+    cfg: DictConfig
+    run_dir: Path
+    world: distributed.WorldInfo
+    device: torch.device
+    data: ImageData
+    components: Components
+    plugins: PluginManager
+    wrapped: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    sampler: EpochBatchSampler
+    generator: torch.Generator
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    total_steps: int
+    position: Position = attrs.field(factory=Position)
+    baseline_metrics: dict[str, dict[str, float]] = attrs.field(factory=dict)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.components.model
+
+
+def default_run_dir(cfg: DictConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.method_name}-{cfg.data.name}-{stamp}"
+
+
+def setup(cfg: DictConfig, plugins: PluginManager | None = None) -> Run:
+    """Build a run from a composed config: nothing is written to disk here except the
+    run directory itself once the config has proven valid."""
+    t = cfg.trainer
+    if t.threads > 0:
+        torch.set_num_threads(int(t.threads))
+    device = resolve_device(str(t.device))
+    world = distributed.init_from_env(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+    dtype = resolve_precision(str(t.precision), device)
+    if t.accumulate < 1:
+        raise ConfigError(f"trainer.accumulate: must be >= 1, got {t.accumulate}")
+    plugins = plugins or PluginManager(autoload=cfg.plugins.autoload, block=cfg.plugins.block)
+
+    seed_everything(int(t.seed))  # every rank builds the same initial weights
+    data = distributed.run_on_main_first(lambda: load_dataset(cfg.data)).to(device)
+    context = BuildContext(in_channels=data.channels, image_size=data.image_size, mean=data.mean,
+                           std=data.std, device=device, num_classes=data.num_classes,
+                           rank=world.rank, world_size=world.world_size)
+    components = build_components(cfg, plugins, context)
+    model = components.model.to(device)
+    components.view_generator.to(device)
+    if components.memory is not None:
+        components.memory.to(device)
+    if t.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if world.distributed and t.sync_batchnorm:
+        components.model = model = distributed.convert_sync_batchnorm(model, device.type)
+    if t.compile:
+        model.encoder.compile()
+    wrapped = distributed.wrap_ddp(model, device)
+
+    sampler = EpochBatchSampler(data.train_images.shape[0], int(t.batch_size), seed=int(t.seed),
+                                rank=world.rank, world_size=world.world_size)
+    steps_per_epoch = sampler.steps_per_epoch // int(t.accumulate)
+    if steps_per_epoch == 0:
+        raise ConfigError(f"trainer.accumulate: {t.accumulate} micro-batches exceed the "
+                          f"{sampler.steps_per_epoch} batches of an epoch")
+    total = steps_per_epoch * int(t.epochs)
+    if t.max_steps > 0:
+        total = min(total, int(t.max_steps))
+    global_batch = int(t.batch_size) * world.world_size * int(t.accumulate)
+    optimizer = build_optimizer(cfg.optim, model, global_batch)
+    scheduler = build_scheduler(cfg.optim, optimizer, total, steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(t.seed) * 7919 + 1 + world.rank)  # ranks draw different views
+
+    run_dir = Path(str(t.run_dir)) if t.run_dir else default_run_dir(cfg)
+    run_dir = Path(str(distributed.broadcast_object(str(run_dir))))
+    return Run(cfg=cfg, run_dir=run_dir, world=world, device=device, data=data,
+               components=components, plugins=plugins, wrapped=wrapped, optimizer=optimizer,
+               scheduler=scheduler, scaler=scaler, sampler=sampler, generator=generator,
+               autocast=autocast_factory(device, dtype), total_steps=total)
+
+
+# -- checkpoints ----------------------------------------------------------------------
+
+def state_payload(run: Run) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "format": 1,
+        "config": to_yaml(run.cfg),
+        "position": attrs.asdict(run.position),
+        "world_size": run.world.world_size,
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "rng": distributed.all_gather_object(rng_state({"augment": run.generator})),
+        "baseline_metrics": run.baseline_metrics,
+    }
+    if run.scaler is not None:
+        payload["scaler"] = run.scaler.state_dict()
+    if run.components.memory is not None:
+        payload["memory"] = run.components.memory.state_dict()
+    state = StepState(step=run.position.step, epoch=run.position.epoch, terms=None, model=run.model)
+    run.plugins.hooks.hook.metacontrast_on_checkpoint(state=state, payload=payload)
+    return payload
+
+
+def save_checkpoint(run: Run) -> Path | None:
+    """Every rank contributes its RNG streams; rank 0 writes the file."""
+    payload = state_payload(run)
+    path = checkpoint_path(run.run_dir / "checkpoints", run.position.step)
+    if run.world.is_main:
+        save_atomic(payload, path)
+        prune(run.run_dir / "checkpoints", int(run.cfg.trainer.keep_checkpoints))
+    distributed.barrier()
+    return path if run.world.is_main else None
+
+
+def find_resume_checkpoint(run: Run) -> Path | None:
+    how = str(run.cfg.trainer.resume)
+    if how == "never":
+        return None
+    if how != "auto":
+        return Path(how)
+    for path in reversed(list_checkpoints(run.run_dir / "checkpoints")):
+        try:
+            load_safe(path)
+            return path
+        except CheckpointError as err:
+            if run.world.is_main:
+                print(f"skipping unreadable checkpoint: {err}")
+    return None
+
+
+def restore(run: Run, path: Path) -> None:
+    payload = load_safe(path, map_location=run.device)
+    check_compatible(from_yaml(payload["config"]), run.cfg, path)
+    if payload["world_size"] != run.world.world_size:
+        raise ConfigError(f"checkpoint {path} was written by {payload['world_size']} processes, "
+                          f"this run has {run.world.world_size}; exact resume needs the same number")
+    run.model.load_state_dict(payload["model"])
+    run.optimizer.load_state_dict(payload["optimizer"])
+    run.scheduler.load_state_dict(payload["scheduler"])
+    if run.scaler is not None and "scaler" in payload:
+        run.scaler.load_state_dict(payload["scaler"])
+    if run.components.memory is not None and "memory" in payload:
+        run.components.memory.load_state_dict(payload["memory"])
+    restore_rng_state(payload["rng"][run.world.rank], {"augment": run.generator})
+    run.position = Position(**payload["position"])
+    run.baseline_metrics = dict(payload.get("baseline_metrics", {}))
+
+
+# -- evaluation -----------------------------------------------------------------------
+
+def evaluate_encoder(run: Run, encoder: torch.nn.Module) -> dict[str, float]:
+    ev = run.cfg.evaluation
+    index = train_subset_indices(run.data.train_images.shape[0], int(ev.train_subset),
+                                 int(run.cfg.trainer.seed))
+    features = lambda x: extract_features(  # noqa: E731
+        encoder, x, mean=run.data.mean, std=run.data.std, batch_size=int(ev.batch_size),
+        autocast=run.autocast, channels_last=bool(run.cfg.trainer.channels_last))
+    return run_evaluators(run.components.evaluators, features, run.data, index)
+
+
+def evaluate_baselines(run: Run) -> None:
+    """Evaluate the untrained encoder (and raw pixels) before the first step."""
+    if not run.components.evaluators:
+        return
+    baselines = list(run.cfg.evaluation.baselines)
+    for b in baselines:
+        if b not in ("random_init", "raw_pixels"):
+            raise ConfigError(f"evaluation.baselines: unknown baseline {b!r}; available: "
+                              f"random_init, raw_pixels")
+    if "random_init" in baselines:
+        run.baseline_metrics["random_init"] = evaluate_encoder(run, copy.deepcopy(run.model.encoder))
+    if "raw_pixels" in baselines:
+        index = train_subset_indices(run.data.train_images.shape[0],
+                                     int(run.cfg.evaluation.train_subset), int(run.cfg.trainer.seed))
+        run.baseline_metrics["raw_pixels"] = run_evaluators(
+            run.components.evaluators, lambda x: raw_pixel_features(x, run.data.mean, run.data.std),
+            run.data, index)
+
+
+# -- the loop -------------------------------------------------------------------------
+
+def _check_finite(terms: LossTerms, step: int) -> None:
+    for name, value in terms.terms.items():
+        if not torch.isfinite(value.detach()):
+            raise TrainingError(f"step {step}: loss term {name!r} is {value.item()}; stopping "
+                                f"before the optimizer touches the weights")
+
+
+def train_steps(run: Run, logger: MetricsLogger) -> None:
+    cfg, t = run.cfg, run.cfg.trainer
+    step_fn = run.plugins.make_train_step(cfg, run.components)
+    accumulate = int(t.accumulate)
+    hooks = run.plugins.hooks.hook
+    run.model.train()
+    last_log = time.perf_counter()
+    images_since_log = 0
+    checkpoint_every = int(t.checkpoint_every)
+    pos = run.position
+    batches_per_epoch = (run.sampler.steps_per_epoch // accumulate) * accumulate
+    while pos.step < run.total_steps:
+        micro = 0
+        terms: LossTerms | None = None
+        for batch_index, idx in run.sampler.batches(pos.epoch, pos.batch, stop=batches_per_epoch):
+            pos.batch = batch_index
+            idx = idx.to(run.device)
+            batch = Batch(images=run.data.train_images[idx], index=idx)
+            sync = (micro + 1) == accumulate
+            no_sync = getattr(run.wrapped, "no_sync", None)
+            ctx = contextlib.nullcontext() if sync or no_sync is None else no_sync()
+            with ctx:
+                with run.autocast():
+                    terms = step_fn(batch, StepInputs(generator=run.generator, step=pos.step,
+                                                      model=run.wrapped))
+                _check_finite(terms, pos.step)
+                loss = terms.total / accumulate
+                if run.scaler is not None:
+                    run.scaler.scale(loss).backward()
+                else:
+                    loss.backward()
+            images_since_log += batch.size
+            micro += 1
+            if not sync:
+                continue
+            micro = 0
+            if run.scaler is not None:
+                run.scaler.step(run.optimizer)
+                run.scaler.update()
+            else:
+                run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            run.scheduler.step()
+            step_fn.on_optimizer_step()
+            pos.step += 1
+            pos.batch += 1
+            state = StepState(step=pos.step, epoch=pos.epoch, terms=terms.detached(), model=run.model)
+            hooks.metacontrast_on_step_end(state=state)
+            logger.advance()
+            if pos.step % int(t.log_every) == 0 or pos.step == run.total_steps:
+                now = time.perf_counter()
+                row = {"step": pos.step, "epoch": pos.epoch,
+                       "loss": distributed.all_reduce_mean(terms.total.detach()).item(),
+                       "lr": run.optimizer.param_groups[0]["lr"],
+                       "images_per_s": images_since_log * run.world.world_size / max(now - last_log, 1e-9)}
+                for name, value in terms.terms.items():
+                    row[f"loss/{name}"] = distributed.all_reduce_mean(value.detach()).item()
+                logger.log(row)
+                last_log, images_since_log = now, 0
+            if checkpoint_every > 0 and pos.step % checkpoint_every == 0:
+                save_checkpoint(run)
+            if pos.step >= run.total_steps:
+                break
+        else:
+            pos.epoch += 1
+            pos.batch = 0
+            hooks.metacontrast_on_epoch_end(state=StepState(step=pos.step, epoch=pos.epoch,
+                                                            terms=terms, model=run.model))
+            if checkpoint_every == 0:
+                save_checkpoint(run)
+            every = int(t.eval_every_epochs)
+            if every > 0 and pos.epoch % every == 0 and run.world.is_main:
+                metrics = evaluate_encoder(run, run.model.encoder)
+                logger.log({"step": pos.step, "epoch": pos.epoch,
+                            **{f"eval/{k}": v for k, v in metrics.items()}})
+            distributed.barrier()
+
+
+def fit(cfg: DictConfig, plugins: PluginManager | None = None) -> dict[str, Any]:
+    """Pre-train, then evaluate; returns the content written to ``results.json``."""
+    started = time.perf_counter()
+    run = setup(cfg, plugins)
+    resume_from = find_resume_checkpoint(run)
+    if resume_from is not None:
+        restore(run, resume_from)
+    elif run.world.is_main:
+        evaluate_baselines(run)
+    if run.world.is_main:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        (run.run_dir / "config.yaml").write_text(to_yaml(cfg))
+        if resume_from is not None:
+            print(f"resuming from {resume_from} at step {run.position.step}")
+    distributed.barrier()
+    logger = MetricsLogger(run.run_dir, enabled=run.world.is_main, total_steps=run.total_steps,
+                           initial_step=run.position.step, progress=bool(cfg.trainer.progress),
+                           tensorboard=bool(cfg.trainer.tensorboard))
+    try:
+        train_steps(run, logger)
+        save_checkpoint(run)
+    finally:
+        logger.close()
+    train_seconds = time.perf_counter() - started
+    results: dict[str, Any] = {}
+    if run.world.is_main:
+        pretrained = evaluate_encoder(run, run.model.encoder) if run.components.evaluators else {}
+        metrics = {"pretrained": pretrained}
+        metrics.update(run.baseline_metrics)
+        results = describe_run(run, metrics, train_seconds)
+        (run.run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    distributed.barrier()
+    return results
+
+
+def describe_run(run: Run, metrics: dict[str, dict[str, float]], seconds: float) -> dict[str, Any]:
+    cfg = run.cfg
+    precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[
+        resolve_precision(str(cfg.trainer.precision), run.device)]
+    return {
+        "method": str(cfg.method_name),
+        "dataset": str(cfg.data.name),
+        "encoder": str(cfg.encoder.name),
+        "steps": run.position.step,
+        "epochs": run.position.epoch,
+        "global_batch": int(cfg.trainer.batch_size) * run.world.world_size * int(cfg.trainer.accumulate),
+        "precision": precision,
+        "device": str(run.device),
+        "world_size": run.world.world_size,
+        "wall_clock_s": round(seconds, 1),
+        "train_images_for_eval": int(min(cfg.evaluation.train_subset or math.inf,
+                                         run.data.train_images.shape[0])),
+        "test_images": int(run.data.test_images.shape[0]),
+        "protocols": {name: OmegaConf.to_container(cfg.eval[name], resolve=True) for name in cfg.eval},
+        "metrics": metrics,
+        "run_dir": str(run.run_dir),
+    }
+
+
+def evaluate_checkpoint(path: Path, overrides: list[str],
+                        plugins: PluginManager | None = None) -> dict[str, Any]:
+    """Evaluate the encoder stored in checkpoint ``path`` with its own config, changed by
+    dotted ``overrides`` (e.g. ``data.root=...``, ``eval.knn.k=20``). Writes
+    ``results.json`` into ``<run_dir>/eval/`` (or ``trainer.run_dir`` when overridden)."""
+    path = Path(path)
+    payload = load_safe(path)
+    stored = from_yaml(payload["config"])
+    try:
+        cfg = OmegaConf.merge(stored, OmegaConf.from_dotlist(overrides))
+    except Exception as err:
+        raise ConfigError(f"override: {str(err).splitlines()[0]}") from None
+    check_compatible(stored, cfg, path)
+    default_dir = path.parent.parent / "eval"
+    if not any(o.startswith("trainer.run_dir=") for o in overrides):
+        cfg.trainer.run_dir = str(default_dir)
+    started = time.perf_counter()
+    run = setup(cfg, plugins)
+    try:
+        run.model.load_state_dict(payload["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint {path} does not fit the configured model: "
+                              f"{str(err).splitlines()[0]}") from None
+    run.position = Position(**payload["position"])
+    run.baseline_metrics = dict(payload.get("baseline_metrics", {}))
+    metrics = {"pretrained": evaluate_encoder(run, run.model.encoder)}
+    metrics.update(run.baseline_metrics)
+    results = describe_run(run, metrics, time.perf_counter() - started)
+    results["checkpoint"] = str(path)
+    if run.world.is_main:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        (run.run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
