@@ -6,6 +6,7 @@ from typing import Any
 
 import attrs
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from metacontrast.config import ConfigError
 from metacontrast.interfaces import (
@@ -48,13 +49,12 @@ def component_config(cls: type, key: str, params: dict[str, Any]) -> Any:
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema()), params)
         return OmegaConf.to_object(merged)
-    except ValueError as err:
-        raise ConfigError(f"{key}: {err}") from None
-    except Exception as err:
+    except OmegaConfBaseException as err:
         bad = getattr(err, "full_key", None) or getattr(err, "key", None)
         where = f"{key}.{bad}" if bad else key
-        msg = str(err).splitlines()[0]
-        raise ConfigError(f"{where}: {msg}") from None
+        raise ConfigError(f"{where}: {str(err).splitlines()[0]}") from None
+    except (ValueError, TypeError) as err:  # the component's own validation
+        raise ConfigError(f"{key}: {err}") from None
 
 
 def _node(cfg: DictConfig, key: str) -> dict[str, Any]:

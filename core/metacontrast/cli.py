@@ -31,12 +31,23 @@ def _errors() -> tuple[type[BaseException], ...]:
             ShapeError, TrainingError)
 
 
-def _train(args: list[str]) -> int:
+def compose_with_plugins(args: list[str]):
+    """Compose once to read the ``plugins`` section, load the plugins it allows, then
+    compose again with the config directories those plugins ship."""
     from metacontrast.config import compose_config
+    from metacontrast.plugins import PluginManager
+
+    plugin_args = [a for a in args if a.lstrip("+~").startswith("plugins.")]
+    section = compose_config(plugin_args).plugins
+    plugins = PluginManager(autoload=section.autoload, block=section.block)
+    return compose_config(args, searchpath=plugins.config_searchpath()), plugins
+
+
+def _train(args: list[str]) -> int:
     from metacontrast.trainer import fit
 
-    cfg = compose_config(args)
-    results = fit(cfg)
+    cfg, plugins = compose_with_plugins(args)
+    results = fit(cfg, plugins)
     if results:
         print(json.dumps({"run_dir": results["run_dir"], "metrics": results["metrics"]}, indent=2))
     return 0
@@ -63,9 +74,10 @@ def _plugins(args: list[str]) -> int:
 
 
 def _config(args: list[str]) -> int:
-    from metacontrast.config import compose_config, to_yaml
+    from metacontrast.config import to_yaml
 
-    print(to_yaml(compose_config(args)), end="")
+    cfg, _ = compose_with_plugins(args)
+    print(to_yaml(cfg), end="")
     return 0
 
 

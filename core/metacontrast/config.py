@@ -157,13 +157,21 @@ def config_dir() -> Path:
                       f"set {CONFIG_DIR_ENV}")
 
 
-def compose_config(overrides: list[str] | tuple[str, ...] = (),
-                   config_name: str = "config") -> DictConfig:
-    """Compose ``configs/<config_name>.yaml`` with command-line style ``overrides``.
+def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str = "config",
+                   searchpath: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Compose ``configs/<config_name>.yaml`` with command-line style ``overrides``;
+    ``searchpath``: extra config directories (``pkg://`` or ``file://``) from plugins.
 
     Errors (unknown group option, misspelt key, wrong type) become one-line
     ``ConfigError``s naming the key."""
     _register_schema()
+    overrides = list(overrides)
+    if searchpath:
+        given = [o for o in overrides if o.startswith("hydra.searchpath=")]
+        extra = [o.split("=", 1)[1].strip("[]") for o in given]
+        overrides = [o for o in overrides if o not in given]
+        entries = [*searchpath, *(e for x in extra for e in x.split(",") if e)]
+        overrides.append(f"hydra.searchpath=[{','.join(entries)}]")
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
@@ -180,7 +188,9 @@ def _one_line(err: Exception) -> str:
     cause = err.__cause__
     if cause is not None and str(cause).strip() and str(cause).strip() not in text:
         text = f"{text}: {str(cause).strip()}"
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    noise = ("reference_type", "object_type", "Config search path", "provider=")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith(noise)]
+    lines = [ln.split(": ", 1)[1] if ln.startswith("To append to your config") else ln for ln in lines]
     return " | ".join(lines) if lines else type(err).__name__
 
 

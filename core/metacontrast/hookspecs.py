@@ -114,6 +114,16 @@ def metacontrast_register_evaluators() -> list[type[Evaluator]]:
     """
 
 
+@hookspec
+def metacontrast_config_searchpath() -> list[str]:
+    """Return hydra search-path entries that hold this plugin's config files (setup, 1:N).
+
+    Entries are ``pkg://<package>`` or ``file://<dir>`` directories laid out like the
+    project's ``configs/`` (``loss/<name>.yaml``, ``method/<name>.yaml``, ...), so that
+    ``loss=[<name>]`` or ``method=<name>`` selects what the plugin ships.
+    """
+
+
 @hookspec(firstresult=True)
 def metacontrast_make_train_step(config: Any, components: Any) -> TrainStep | None:
     """Return the train step for methods whose step differs (setup, first result).

@@ -158,7 +158,7 @@ class PluginManager:
                                           f"no NAME")
                     if name in registry[kind]:
                         first = owners[(kind, name)]
-                        raise PluginError(f"two {kind}s are named {name!r}: one from plugin "
+                        raise PluginError(f"two {kind} components are named {name!r}: one from plugin "
                                           f"{_owner(first)}, one from plugin {_owner(info)}")
                     registry[kind][name] = cls
                     owners[(kind, name)] = info
@@ -195,6 +195,18 @@ class PluginManager:
             return answers[0][1]
         builtin = self.hooks.get_plugin(BUILTIN_NAME)
         return builtin.metacontrast_make_train_step(config=config, components=components)
+
+    def config_searchpath(self) -> list[str]:
+        """Every plugin's hydra search-path entries, in registration order."""
+        entries: list[str] = []
+        for impl in self.hooks.hook.metacontrast_config_searchpath.get_hookimpls():
+            for entry in impl.function() or []:
+                if not isinstance(entry, str) or "://" not in entry:
+                    info = self.infos[impl.plugin_name]
+                    raise PluginError(f"plugin {_owner(info)}: config search-path entries must be "
+                                      f"'pkg://...' or 'file://...' strings, got {entry!r}")
+                entries.append(entry)
+        return entries
 
     def plugin_infos(self) -> list[PluginInfo]:
         return list(self.infos.values())

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+
 import attrs
 import torch
 from torch import nn
@@ -13,11 +16,14 @@ from metacontrast.records import Batch, LossTerms
 @attrs.define
 class StepInputs:
     """What the trainer hands a step: the explicit augmentation ``generator`` (on the
-    data's device), the global ``step`` index and the (possibly DDP-wrapped) ``model``."""
+    data's device), the global ``step`` index, the (possibly DDP-wrapped) ``model`` and
+    ``autocast``, a factory of the mixed-precision context for the model's forward
+    (view generation stays in float32)."""
 
     generator: torch.Generator
     step: int
     model: nn.Module
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
 
 class DefaultTrainStep:
@@ -31,7 +37,8 @@ class DefaultTrainStep:
     def __call__(self, batch: Batch, ctx: StepInputs) -> LossTerms:
         views = self.view_generator(batch, ctx.generator)
         episode = self.episode_builder(views)
-        terms, _ = ctx.model(views, episode)
+        with ctx.autocast():
+            terms, _ = ctx.model(views, episode)
         return terms
 
     def on_optimizer_step(self) -> None:

@@ -336,9 +336,8 @@ def train_steps(run: Run, logger: MetricsLogger) -> None:
             no_sync = getattr(run.wrapped, "no_sync", None)
             ctx = contextlib.nullcontext() if sync or no_sync is None else no_sync()
             with ctx:
-                with run.autocast():
-                    terms = step_fn(batch, StepInputs(generator=run.generator, step=pos.step,
-                                                      model=run.wrapped))
+                terms = step_fn(batch, StepInputs(generator=run.generator, step=pos.step,
+                                                  model=run.wrapped, autocast=run.autocast))
                 _check_finite(terms, pos.step)
                 loss = terms.total / accumulate
                 if run.scaler is not None:

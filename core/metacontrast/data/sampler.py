@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from metacontrast.config import ConfigError
+
 
 class EpochBatchSampler:
     """Each epoch a permutation of ``range(n)`` drawn from ``seed + epoch``, cut into
@@ -21,7 +23,7 @@ class EpochBatchSampler:
         self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
         self.steps_per_epoch = n // (batch_size * world_size)
         if self.steps_per_epoch == 0:
-            raise ValueError(f"trainer.batch_size: {world_size} x {batch_size} images per step "
+            raise ConfigError(f"trainer.batch_size: {world_size} x {batch_size} images per step "
                              f"exceed the {n} training images")
 
     def epoch_order(self, epoch: int) -> Tensor:

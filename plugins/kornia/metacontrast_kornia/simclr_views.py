@@ -122,6 +122,10 @@ class SimCLRViews(ViewGenerator):
         return x
 
     def forward(self, batch: Batch, generator: torch.Generator) -> Views:
+        with torch.autocast(batch.images.device.type, enabled=False):  # views stay float32
+            return self._views(batch, generator)
+
+    def _views(self, batch: Batch, generator: torch.Generator) -> Views:
         b, _, h, w = batch.images.shape
         p = self.draw(b, h, w, generator)
         views = tuple(normalize(self.apply(batch.images, p, v), self.mean, self.std)

@@ -1,0 +1,133 @@
+"""Every config composes and runs two CPU steps; bad config input fails naming the key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from metacontrast.builder import component_config
+from metacontrast.builtin.encoders import Conv4
+from metacontrast.cli import main
+from metacontrast.config import ConfigError, compose_config, config_dir
+from metacontrast.data import DatasetError
+from metacontrast.trainer import fit
+
+from .conftest import TINY
+
+NEEDS_FILES = {"cifar100", "stl10", "mnist", "fashionmnist"}  # torchvision layouts, real files only
+
+
+def _options() -> list[tuple[str, str]]:
+    root = config_dir()
+    return sorted((d.name, f.stem) for d in root.iterdir() if d.is_dir() for f in d.glob("*.yaml"))
+
+
+def _synthetic_npz(path: Path, n_train=64, n_test=32, size=32) -> Path:
+    g = np.random.default_rng(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, x_train=g.integers(0, 256, (n_train, size, size, 3), dtype=np.uint8),
+             y_train=g.integers(0, 10, n_train), x_test=g.integers(0, 256, (n_test, size, size, 3),
+                                                                    dtype=np.uint8),
+             y_test=g.integers(0, 10, n_test))
+    return path
+
+
+def _imagefolder(root: Path) -> Path:
+    from PIL import Image
+
+    g = np.random.default_rng(1)
+    for split, n in (("train", 20), ("test", 4)):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(g.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(root / split / cls / f"{i}.png")
+    return root
+
+
+def _data_overrides(option: str, tmp_path: Path) -> list[str]:
+    if option == "cifar10":
+        _synthetic_npz(tmp_path / "data" / "cifar10" / "cifar10.npz")
+        return [f"data.root={tmp_path / 'data'}"]
+    if option == "npz":
+        return [f"data.root={_synthetic_npz(tmp_path / 'x.npz')}"]
+    if option == "imagefolder":
+        return [f"data.root={_imagefolder(tmp_path / 'folder')}", "data.image_size=16"]
+    return []
+
+
+@pytest.mark.parametrize(("group", "option"), _options(), ids=lambda x: str(x))
+def test_config_composes_and_runs_two_steps(group, option, tmp_path):
+    if group == "data" and option in NEEDS_FILES:
+        cfg = compose_config([*TINY, f"data={option}", f"trainer.run_dir={tmp_path}"])
+        with pytest.raises(DatasetError, match="data.root"):
+            fit(cfg)
+        return
+    extra = [f"{group}={option}" if group not in ("loss", "eval") else f"{group}=[{option}]"]
+    if group == "data":
+        extra += _data_overrides(option, tmp_path)
+    if group == "experiment" and option.startswith("cifar10"):
+        extra += _data_overrides("cifar10", tmp_path)
+    if group == "encoder" and option.startswith("resnet50"):
+        extra += ["trainer.batch_size=4"]
+    if group == "episode" and option == "n_way_k_shot":
+        extra += ["views.n_views=2"]
+    base = [o for o in TINY if not (group == "eval" and o.startswith("eval.") and
+                                    not o.startswith(f"eval.{option}."))]
+    run_dir = tmp_path / "run"
+    cfg = compose_config([*base, *extra, f"trainer.run_dir={run_dir}", "trainer.max_steps=2",
+                          "trainer.epochs=1"])
+    if group == "trainer":  # the trainer group decides device and length: keep the test short
+        cfg.trainer.max_steps, cfg.trainer.batch_size, cfg.trainer.device = 2, 8, "cpu"
+        cfg.trainer.progress = cfg.trainer.tensorboard = False
+    results = fit(cfg)
+    assert results["steps"] == 2
+    rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 2 and np.isfinite(rows[-1]["loss"])
+    assert (run_dir / "results.json").is_file() and (run_dir / "config.yaml").is_file()
+
+
+def test_misspelt_key_fails_at_composition_naming_the_full_key():
+    with pytest.raises(ConfigError, match=r"trainer\.epcohs"):
+        compose_config(["trainer.epcohs=3"])
+    with pytest.raises(ConfigError, match=r"encoder\.hiden"):
+        compose_config(["encoder.hiden=3"])
+
+
+def test_wrong_type_fails_naming_the_key():
+    with pytest.raises(ConfigError, match=r"trainer\.epochs"):
+        compose_config(["trainer.epochs=many"])
+
+
+def test_unknown_group_option_lists_available():
+    with pytest.raises(ConfigError, match="method/simclrr.*simclr"):
+        compose_config(["method=simclrr"])
+
+
+def test_component_params_checked_against_component_config():
+    with pytest.raises(ConfigError, match=r"encoder\.hiden: unknown key for 'conv4'; valid keys: hidden, pool"):
+        component_config(Conv4, "encoder", {"hiden": 3})
+    with pytest.raises(ConfigError, match=r"encoder\.hidden"):
+        component_config(Conv4, "encoder", {"hidden": "wide"})
+    with pytest.raises(ConfigError, match=r"encoder: encoder\.pool must be"):
+        component_config(Conv4, "encoder", {"pool": "max"})
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["method=nope"], "method/nope"),
+    (["trainer.batch_sise=3"], "trainer.batch_sise"),
+    (["encoder.name=vit"], "unknown encoder 'vit'; available: conv4, resnet18, resnet50"),
+    (["data=cifar10", "data.root=/does/not/exist"], "data.root: /does/not/exist does not exist"),
+    (["optim.name=adagrad"], "optim.name: unknown optimizer 'adagrad'"),
+    (["trainer.precision=fp8"], "trainer.precision: unknown precision 'fp8'"),
+])
+def test_cli_bad_input_is_one_line_and_writes_nothing(args, expected, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code = main(["train", *TINY, *args, f"trainer.run_dir={run_dir}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("metacontrast: error:") and "\n" not in err
+    assert expected in err
+    assert not run_dir.exists()

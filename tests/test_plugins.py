@@ -1,0 +1,247 @@
+"""Plugin discovery, registration errors, blocking, and a real pip-installed plugin."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from metacontrast import hookspecs
+from metacontrast.plugins import PluginError, PluginManager, UnknownComponentError, as_module
+
+from .conftest import TINY
+
+
+def make_distribution(root: Path, dist: str, ep_name: str, module: str, source: str) -> None:
+    """A distribution installed into ``root``: the module and a dist-info with its entry point."""
+    (root / f"{module}.py").write_text(textwrap.dedent(source))
+    info = root / f"{dist.replace('-', '_')}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[metacontrast]\n{ep_name} = {module}\n")
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def test_builtin_and_installed_plugins_are_found():
+    pm = PluginManager()
+    names = {i.name: i for i in pm.plugin_infos()}
+    assert names["builtin"].distribution == "metacontrast"
+    assert "simclr" in names["kornia"].components["view_generator"]
+    assert "nt_xent" in names["simclr"].components["loss"]
+    assert pm.get("encoder", "resnet18").NAME == "resnet18"
+
+
+def test_autoload_off_keeps_only_builtins(monkeypatch):
+    assert [i.name for i in PluginManager(autoload=False).plugin_infos()] == ["builtin"]
+    monkeypatch.setenv("METACONTRAST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    assert [i.name for i in PluginManager().plugin_infos()] == ["builtin"]
+
+
+def test_block_by_entry_point_or_distribution(monkeypatch):
+    pm = PluginManager(block=["simclr"])
+    assert "simclr" not in {i.name for i in pm.plugin_infos()}
+    monkeypatch.setenv("METACONTRAST_BLOCK_PLUGINS", "metacontrast-kornia")
+    assert "kornia" not in {i.name for i in PluginManager().plugin_infos()}
+
+
+def test_import_error_names_distribution_and_entry_point(site):
+    make_distribution(site, "broken-plugin", "broken", "broken_mod", "import not_a_module_anywhere\n")
+    with pytest.raises(PluginError) as err:
+        PluginManager()
+    msg = str(err.value)
+    assert "'broken'" in msg and "broken-plugin" in msg and "broken_mod" in msg
+    assert "not_a_module_anywhere" in msg
+
+
+def test_wrong_hook_signature_is_refused(site):
+    make_distribution(site, "sig-plugin", "sig", "sig_mod", """
+        from metacontrast import hookimpl
+
+        @hookimpl
+        def metacontrast_register_losses(unexpected_argument):
+            return []
+    """)
+    with pytest.raises(PluginError, match=r"'sig' \(distribution sig-plugin 1.0.*does not match"):
+        PluginManager()
+
+
+def test_misspelt_hook_name_is_refused(site):
+    make_distribution(site, "typo-plugin", "typo", "typo_mod", """
+        from metacontrast import hookimpl
+
+        @hookimpl
+        def metacontrast_register_loses():
+            return []
+    """)
+    with pytest.raises(PluginError, match="metacontrast_register_loses.*not a hook"):
+        PluginManager()
+
+
+def test_duplicate_component_names_name_both_owners(site):
+    make_distribution(site, "dup-plugin", "dup", "dup_mod", """
+        from metacontrast import hookimpl
+        from metacontrast.interfaces import Loss
+
+        class Another(Loss):
+            NAME = "nt_xent"
+
+        @hookimpl
+        def metacontrast_register_losses():
+            return [Another]
+    """)
+    with pytest.raises(PluginError) as err:
+        PluginManager()
+    assert "two loss components" in str(err.value)
+    assert "'nt_xent'" in str(err.value)
+    assert "metacontrast-simclr" in str(err.value) and "dup-plugin" in str(err.value)
+
+
+def test_component_of_the_wrong_kind_is_refused():
+    from metacontrast import hookimpl
+    from metacontrast.interfaces import Head
+
+    class NotALoss(Head):
+        NAME = "oops"
+
+    @hookimpl
+    def metacontrast_register_losses():
+        return [NotALoss]
+
+    with pytest.raises(PluginError, match="not a subclass of Loss"):
+        PluginManager(autoload=False, extra=[as_module("wrong_kind",
+                                                       metacontrast_register_losses=metacontrast_register_losses)])
+
+
+def test_unknown_component_lists_available_names():
+    pm = PluginManager()
+    with pytest.raises(UnknownComponentError) as err:
+        pm.get("encoder", "vit_tiny", key="encoder.name")
+    assert "encoder.name" in str(err.value) and "conv4, resnet18, resnet50" in str(err.value)
+
+
+def test_two_plugins_claiming_the_train_step_fail_naming_both():
+    from metacontrast import hookimpl
+
+    def claim(config, components):
+        return object()
+
+    a = as_module("claim_a", metacontrast_make_train_step=hookimpl(claim))
+    b = as_module("claim_b", metacontrast_make_train_step=hookimpl(claim))
+    pm = PluginManager(autoload=False, extra=[a, b])
+    with pytest.raises(PluginError, match="claim_a.*claim_b|claim_b.*claim_a"):
+        pm.make_train_step(None, None)
+
+
+def test_every_hook_is_documented_in_docs_hooks_md():
+    text = (Path(__file__).resolve().parent.parent / "docs" / "hooks.md").read_text()
+    hooks = [n for n in dir(hookspecs) if n.startswith("metacontrast_")]
+    assert len(hooks) >= 12
+    missing = [h for h in hooks if f"## `{h}`" not in text]
+    assert not missing, f"hooks without a section in docs/hooks.md: {missing}"
+    for h in hooks:
+        assert (getattr(hookspecs, h).__doc__ or "").strip(), f"{h} has no docstring"
+
+
+PLUGIN_PYPROJECT = """
+[build-system]
+requires = ["setuptools>=64"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "metacontrast-testcosine"
+version = "0.3.0"
+dependencies = []
+
+[project.entry-points.metacontrast]
+testcosine = "metacontrast_testcosine.plugin"
+
+[tool.setuptools.packages.find]
+include = ["metacontrast_testcosine*"]
+
+[tool.setuptools.package-data]
+metacontrast_testcosine = ["configs/loss/*.yaml"]
+"""
+
+PLUGIN_SOURCE = '''
+import attrs
+import torch.nn.functional as F
+
+from metacontrast import hookimpl
+from metacontrast.interfaces import Loss
+
+
+@attrs.define
+class CosineConfig:
+    scale: float = 1.0
+
+
+class NegativeCosine(Loss):
+    """-cos(z_view0, z_view1), averaged: the simplest positive-only loss."""
+
+    NAME = "neg_cosine"
+    Config = CosineConfig
+
+    def __init__(self, config, context):
+        super().__init__()
+        self.scale = config.scale
+
+    def forward(self, inputs):
+        emb, n = inputs.embeddings, inputs.episode.n_views
+        return -self.scale * F.cosine_similarity(emb.view(0, n), emb.view(1, n)).mean()
+
+
+@hookimpl
+def metacontrast_register_losses():
+    return [NegativeCosine]
+
+
+@hookimpl
+def metacontrast_config_searchpath():
+    return ["pkg://metacontrast_testcosine.configs"]
+'''
+
+
+@pytest.fixture(scope="module")
+def installed_plugin(tmp_path_factory):
+    src = tmp_path_factory.mktemp("plugin_src")
+    pkg = src / "metacontrast_testcosine"
+    (pkg / "configs" / "loss").mkdir(parents=True)
+    (src / "pyproject.toml").write_text(PLUGIN_PYPROJECT)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "configs" / "__init__.py").write_text("")
+    (pkg / "plugin.py").write_text(PLUGIN_SOURCE)
+    (pkg / "configs" / "loss" / "neg_cosine.yaml").write_text("neg_cosine:\n  weight: 1.0\n  scale: 2.0\n")
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+           "--no-index", str(src)]
+    subprocess.run(pip, check=True, capture_output=True)
+    yield "metacontrast-testcosine"
+    subprocess.run([sys.executable, "-m", "pip", "uninstall", "--yes", "--quiet", "metacontrast-testcosine"],
+                   check=True, capture_output=True)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "metacontrast.cli", *args], capture_output=True, text=True)
+
+
+def test_pip_installed_plugin_is_listed_and_selectable(installed_plugin, tmp_path):
+    listing = _cli("plugins")
+    assert listing.returncode == 0, listing.stderr
+    assert "testcosine  [metacontrast-testcosine 0.3.0]" in listing.stdout
+    assert "neg_cosine" in listing.stdout
+    run_dir = tmp_path / "run"
+    done = _cli("train", *TINY, "loss=[neg_cosine]", f"trainer.run_dir={run_dir}")
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert set(rows[0]) >= {"loss/neg_cosine", "lr", "images_per_s"}
+    assert -2.0 <= rows[0]["loss/neg_cosine"] <= 2.0  # scale 2 from the plugin's own yaml
+    assert "nt_xent" not in (run_dir / "config.yaml").read_text()
