@@ -3,7 +3,13 @@
 import numpy as np
 import torch
 
-from metacontrast.builtin.evaluators import KNNConfig, KNNEvaluator, LinearProbeConfig, LinearProbeEvaluator, knn_predict
+from metacontrast.builtin.evaluators import (
+    KNNConfig,
+    KNNEvaluator,
+    LinearProbeConfig,
+    LinearProbeEvaluator,
+    knn_predict,
+)
 from metacontrast.records import Features
 
 

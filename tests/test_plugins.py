@@ -245,3 +245,9 @@ def test_pip_installed_plugin_is_listed_and_selectable(installed_plugin, tmp_pat
     assert set(rows[0]) >= {"loss/neg_cosine", "lr", "images_per_s"}
     assert -2.0 <= rows[0]["loss/neg_cosine"] <= 2.0  # scale 2 from the plugin's own yaml
     assert "nt_xent" not in (run_dir / "config.yaml").read_text()
+    # without the plugin's yaml: add the loss by name, drop the default
+    run_dir = tmp_path / "run2"
+    done = _cli("train", *TINY, "+loss.neg_cosine.weight=1.0", "~loss.nt_xent", f"trainer.run_dir={run_dir}")
+    assert done.returncode == 0, done.stderr
+    row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert "loss/neg_cosine" in row and "loss/nt_xent" not in row

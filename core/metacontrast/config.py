@@ -75,7 +75,8 @@ class TrainerConfig:
     optimizer step. ``precision``: auto | bf16 | fp16 | fp32 (auto: bf16 where the device
     supports it). ``device``: auto | cpu | cuda. ``max_steps`` > 0 stops early.
     ``checkpoint_every``: steps between checkpoints (0 = at each epoch end).
-    ``resume``: auto (newest checkpoint in ``run_dir``) | never | a checkpoint path."""
+    ``resume``: auto (newest checkpoint in ``run_dir``) | never | a checkpoint path.
+    ``tune_host_malloc``: keep freed host memory for reuse (glibc), see ``metacontrast.host``."""
 
     epochs: int = 100
     max_steps: int = 0
@@ -97,6 +98,7 @@ class TrainerConfig:
     progress: bool = True
     tensorboard: bool = True
     threads: int = 0
+    tune_host_malloc: bool = True
 
 
 @dataclass

@@ -9,11 +9,11 @@ from __future__ import annotations
 import datetime
 import os
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 from torch import Tensor, nn
 
 
@@ -34,7 +34,7 @@ class WorldInfo:
         return self.world_size > 1
 
 
-def init_from_env(device_type: str, timeout_s: float = 300.0) -> WorldInfo:
+def init_from_env(device_type: str, timeout_s: float = 1800.0) -> WorldInfo:
     """Join the process group that ``torchrun`` describes in the environment (``RANK``,
     ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``); a plain process is
     rank 0 of 1. gloo on CPU, NCCL on CUDA."""
@@ -63,13 +63,47 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather forward; backward sums every rank's gradient of the gathered tensor and
+    hands each rank the slice of its own input."""
+
+    @staticmethod
+    def forward(ctx: Any, t: Tensor) -> Tensor:
+        ctx.rank, ctx.size = dist.get_rank(), t.shape[0]
+        parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.size:(ctx.rank + 1) * ctx.size]
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks; the gradient of each rank's input is the sum of all ranks' gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, t: Tensor) -> Tensor:
+        out = t.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 def gather_with_grad(t: Tensor) -> Tensor:
     """Concatenate ``t (B, ...)`` from all ranks along dim 0 -> ``(world * B, ...)``,
-    rank-major. Gradients flow back to every rank's own slice (the backward sums the
-    contributions of all ranks' losses)."""
+    rank-major; every rank must give the same B. Gradients flow back to every rank's own
+    slice (the backward sums the contributions of all ranks' losses)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return t
-    return torch.cat(dist_nn.all_gather(t), dim=0)
+    return _GatherWithGrad.apply(t)
 
 
 @torch.no_grad()
@@ -117,8 +151,8 @@ def barrier() -> None:
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Batch normalisation over the global batch, on any device and backend.
 
-    ``torch.nn.SyncBatchNorm`` only runs on accelerators; this one uses differentiable
-    all-reduces (``torch.distributed.nn``) of the per-channel sum and sum of squares, so
+    ``torch.nn.SyncBatchNorm`` only runs on accelerators; this one uses a differentiable
+    all-reduce of the per-channel sum and sum of squares, so
     gloo on CPU gets the same statistics as one process on the whole batch. Input
     ``(N, C, ...)``.
     """
@@ -135,7 +169,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         x = input.float()
         count = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=torch.float32)
         stats = torch.cat([x.sum(dims), (x * x).sum(dims), count])
-        stats = dist_nn.all_reduce(stats)
+        stats = _AllReduceSum.apply(stats)
         c = x.shape[1]
         n = stats[-1]
         mean = stats[:c] / n

@@ -41,6 +41,7 @@ from metacontrast.evaluation import (
     run_evaluators,
     train_subset_indices,
 )
+from metacontrast.host import tune_glibc_malloc
 from metacontrast.interfaces import BuildContext
 from metacontrast.metrics import MetricsLogger
 from metacontrast.optim import build_optimizer, build_scheduler
@@ -156,6 +157,8 @@ def setup(cfg: DictConfig, plugins: PluginManager | None = None) -> Run:
     if t.threads > 0:
         torch.set_num_threads(int(t.threads))
     device = resolve_device(str(t.device))
+    if t.tune_host_malloc:
+        tune_glibc_malloc()
     world = distributed.init_from_env(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
