@@ -102,7 +102,10 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--json", "--no-tune-malloc", f"--data-root={args.data_root}",
                f"--batch={args.batch}", f"--precision={args.precision}", f"--steps={args.steps}",
                f"--rounds={args.rounds}"]
-        rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
+        other = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        for key in ("ceiling", "step"):  # JSON turned the chunk counts into strings
+            other[key] = {int(c): v for c, v in other[key].items()}
+        rows.append(other)
     table = []
     for r in rows:
         b = r["best_chunks"]
