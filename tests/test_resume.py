@@ -131,6 +131,7 @@ class _Payload:
         return (os.system, ("touch /tmp/metacontrast-pwned",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_checkpoint_with_a_pickle_payload_is_refused_without_running_it(tmp_path):
     path = tmp_path / "evil.pt"
     marker = Path("/tmp/metacontrast-pwned")

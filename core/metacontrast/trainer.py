@@ -138,6 +138,7 @@ class Run:
     autocast: Callable[[], contextlib.AbstractContextManager]
     total_steps: int
     position: Position = attrs.field(factory=Position)
+    last_saved_step: int = -1
     baseline_metrics: dict[str, dict[str, float]] = attrs.field(factory=dict)
 
     @property
@@ -239,6 +240,7 @@ def save_checkpoint(run: Run) -> Path | None:
     if run.world.is_main:
         save_atomic(payload, path)
         prune(run.run_dir / "checkpoints", int(run.cfg.trainer.keep_checkpoints))
+    run.last_saved_step = run.position.step
     distributed.barrier()
     return path if run.world.is_main else None
 
@@ -379,7 +381,7 @@ def train_steps(run: Run, logger: MetricsLogger) -> None:
                 save_checkpoint(run)
             if pos.step >= run.total_steps:
                 break
-        else:
+        if pos.batch >= batches_per_epoch:  # the epoch ran to its end
             pos.epoch += 1
             pos.batch = 0
             hooks.metacontrast_on_epoch_end(state=StepState(step=pos.step, epoch=pos.epoch,
@@ -414,7 +416,8 @@ def fit(cfg: DictConfig, plugins: PluginManager | None = None) -> dict[str, Any]
                            tensorboard=bool(cfg.trainer.tensorboard))
     try:
         train_steps(run, logger)
-        save_checkpoint(run)
+        if run.last_saved_step != run.position.step:
+            save_checkpoint(run)
     finally:
         logger.close()
     train_seconds = time.perf_counter() - started
