@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from metacontrast import distributed
 from metacontrast.builder import Components, build_components
 from metacontrast.checkpoint import (
+    FORMAT_VERSION,
     CheckpointError,
     checkpoint_path,
     list_checkpoints,
@@ -152,8 +153,8 @@ def default_run_dir(cfg: DictConfig) -> Path:
 
 
 def setup(cfg: DictConfig, plugins: PluginManager | None = None) -> Run:
-    """Build a run from a composed config: nothing is written to disk here except the
-    run directory itself once the config has proven valid."""
+    """Build a run from a composed config. Nothing is written to disk here, so a config
+    that fails to build leaves no trace."""
     t = cfg.trainer
     if t.threads > 0:
         torch.set_num_threads(int(t.threads))
@@ -214,7 +215,7 @@ def setup(cfg: DictConfig, plugins: PluginManager | None = None) -> Run:
 
 def state_payload(run: Run) -> dict[str, Any]:
     payload: dict[str, Any] = {
-        "format": 1,
+        "format": FORMAT_VERSION,
         "config": to_yaml(run.cfg),
         "position": attrs.asdict(run.position),
         "world_size": run.world.world_size,
@@ -319,81 +320,95 @@ def _check_finite(terms: LossTerms, step: int) -> None:
                                 f"before the optimizer touches the weights")
 
 
+def _backward(run: Run, loss: torch.Tensor) -> None:
+    if run.scaler is not None:
+        run.scaler.scale(loss).backward()
+    else:
+        loss.backward()
+
+
+def _optimizer_step(run: Run) -> None:
+    if run.scaler is not None:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+
+
+def _metrics_row(run: Run, terms: LossTerms, images: int, seconds: float) -> dict[str, Any]:
+    """Loss terms averaged over ranks (one host sync per logged step, not per step)."""
+    pos = run.position
+    row: dict[str, Any] = {
+        "step": pos.step, "epoch": pos.epoch,
+        "loss": distributed.all_reduce_mean(terms.total.detach()).item(),
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "images_per_s": images * run.world.world_size / max(seconds, 1e-9),
+    }
+    for name, value in terms.terms.items():
+        row[f"loss/{name}"] = distributed.all_reduce_mean(value.detach()).item()
+    return row
+
+
+def _end_epoch(run: Run, logger: MetricsLogger, terms: LossTerms | None) -> None:
+    pos, t = run.position, run.cfg.trainer
+    pos.epoch += 1
+    pos.batch = 0
+    run.plugins.hooks.hook.metacontrast_on_epoch_end(
+        state=StepState(step=pos.step, epoch=pos.epoch, terms=terms, model=run.model))
+    if int(t.checkpoint_every) == 0:
+        save_checkpoint(run)
+    every = int(t.eval_every_epochs)
+    if every > 0 and pos.epoch % every == 0 and run.world.is_main:
+        metrics = evaluate_encoder(run, run.model.encoder)
+        logger.log({"step": pos.step, "epoch": pos.epoch, **{f"eval/{k}": v for k, v in metrics.items()}})
+    distributed.barrier()
+
+
 def train_steps(run: Run, logger: MetricsLogger) -> None:
-    cfg, t = run.cfg, run.cfg.trainer
-    step_fn = run.plugins.make_train_step(cfg, run.components)
-    accumulate = int(t.accumulate)
-    hooks = run.plugins.hooks.hook
+    """Optimizer steps from ``run.position`` to ``run.total_steps``. Each step takes
+    ``trainer.accumulate`` micro-batches (DDP synchronises gradients on the last only)."""
+    t = run.cfg.trainer
+    step_fn = run.plugins.make_train_step(run.cfg, run.components)
+    accumulate, log_every, checkpoint_every = int(t.accumulate), int(t.log_every), int(t.checkpoint_every)
+    no_sync = getattr(run.wrapped, "no_sync", None)
     run.model.train()
-    last_log = time.perf_counter()
-    images_since_log = 0
-    checkpoint_every = int(t.checkpoint_every)
+    last_log, images_since_log = time.perf_counter(), 0
     pos = run.position
     batches_per_epoch = (run.sampler.steps_per_epoch // accumulate) * accumulate
     while pos.step < run.total_steps:
-        micro = 0
         terms: LossTerms | None = None
         for batch_index, idx in run.sampler.batches(pos.epoch, pos.batch, stop=batches_per_epoch):
             pos.batch = batch_index
             idx = idx.to(run.device)
             batch = Batch(images=run.data.train_images[idx], index=idx)
-            sync = (micro + 1) == accumulate
-            no_sync = getattr(run.wrapped, "no_sync", None)
-            ctx = contextlib.nullcontext() if sync or no_sync is None else no_sync()
-            with ctx:
+            last_micro = (batch_index + 1) % accumulate == 0
+            with contextlib.nullcontext() if last_micro or no_sync is None else no_sync():
                 terms = step_fn(batch, StepInputs(generator=run.generator, step=pos.step,
                                                   model=run.wrapped, autocast=run.autocast))
                 _check_finite(terms, pos.step)
-                loss = terms.total / accumulate
-                if run.scaler is not None:
-                    run.scaler.scale(loss).backward()
-                else:
-                    loss.backward()
+                _backward(run, terms.total / accumulate)
             images_since_log += batch.size
-            micro += 1
-            if not sync:
+            if not last_micro:
                 continue
-            micro = 0
-            if run.scaler is not None:
-                run.scaler.step(run.optimizer)
-                run.scaler.update()
-            else:
-                run.optimizer.step()
-            run.optimizer.zero_grad(set_to_none=True)
-            run.scheduler.step()
+            _optimizer_step(run)
             step_fn.on_optimizer_step()
             pos.step += 1
-            pos.batch += 1
-            state = StepState(step=pos.step, epoch=pos.epoch, terms=terms.detached(), model=run.model)
-            hooks.metacontrast_on_step_end(state=state)
+            pos.batch = batch_index + 1
+            run.plugins.hooks.hook.metacontrast_on_step_end(
+                state=StepState(step=pos.step, epoch=pos.epoch, terms=terms.detached(), model=run.model))
             logger.advance()
-            if pos.step % int(t.log_every) == 0 or pos.step == run.total_steps:
+            if pos.step % log_every == 0 or pos.step == run.total_steps:
                 now = time.perf_counter()
-                row = {"step": pos.step, "epoch": pos.epoch,
-                       "loss": distributed.all_reduce_mean(terms.total.detach()).item(),
-                       "lr": run.optimizer.param_groups[0]["lr"],
-                       "images_per_s": images_since_log * run.world.world_size / max(now - last_log, 1e-9)}
-                for name, value in terms.terms.items():
-                    row[f"loss/{name}"] = distributed.all_reduce_mean(value.detach()).item()
-                logger.log(row)
+                logger.log(_metrics_row(run, terms, images_since_log, now - last_log))
                 last_log, images_since_log = now, 0
             if checkpoint_every > 0 and pos.step % checkpoint_every == 0:
                 save_checkpoint(run)
             if pos.step >= run.total_steps:
                 break
         if pos.batch >= batches_per_epoch:  # the epoch ran to its end
-            pos.epoch += 1
-            pos.batch = 0
-            hooks.metacontrast_on_epoch_end(state=StepState(step=pos.step, epoch=pos.epoch,
-                                                            terms=terms, model=run.model))
-            if checkpoint_every == 0:
-                save_checkpoint(run)
-            every = int(t.eval_every_epochs)
-            if every > 0 and pos.epoch % every == 0 and run.world.is_main:
-                metrics = evaluate_encoder(run, run.model.encoder)
-                logger.log({"step": pos.step, "epoch": pos.epoch,
-                            **{f"eval/{k}": v for k, v in metrics.items()}})
-            distributed.barrier()
+            _end_epoch(run, logger, terms)
 
 
 def fit(cfg: DictConfig, plugins: PluginManager | None = None) -> dict[str, Any]:
