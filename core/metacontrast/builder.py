@@ -111,6 +111,8 @@ def build_components(cfg: DictConfig, plugins: PluginManager, context: BuildCont
         memory = build_one(plugins, "memory", "memory", _node(cfg, "memory"), context)
     evaluators = {name: build_one(plugins, "evaluator", f"eval.{name}", {"name": name, **params}, context)
                   for name, params in _named_map(cfg, "eval").items()}
+    if int(cfg.trainer.forward_chunks) < 1:
+        raise ConfigError(f"trainer.forward_chunks: must be >= 1, got {cfg.trainer.forward_chunks}")
     model = Model(encoder, head, losses, weights, solver=solver,
                   forward_chunks=int(cfg.trainer.forward_chunks),
                   channels_last=bool(cfg.trainer.channels_last))

@@ -32,7 +32,9 @@ class Model(nn.Module):
         self.solver = solver
         self.losses = nn.ModuleDict(dict(losses))
         self.weights = dict(weights)
-        self.forward_chunks = max(1, forward_chunks)
+        if forward_chunks < 1:
+            raise ValueError(f"trainer.forward_chunks must be >= 1, got {forward_chunks}")
+        self.forward_chunks = forward_chunks
         self.channels_last = channels_last
 
     def encode(self, images: Tensor) -> Tensor:
@@ -44,11 +46,9 @@ class Model(nn.Module):
     def embed(self, views: Views) -> Embeddings:
         """All V views -> ``Embeddings`` with ``h``, ``z`` of shape ``(V * B, D)``."""
         same_size = len({tuple(v.shape[1:]) for v in views.images}) == 1
-        if same_size and self.forward_chunks == 1:
-            h = self.encode(torch.cat(views.images))
-        elif same_size:
-            x = torch.cat(views.images)
-            h = torch.cat([self.encode(c) for c in x.chunk(self.forward_chunks)])
+        if same_size:
+            chunks = torch.cat(views.images).chunk(self.forward_chunks)
+            h = torch.cat([self.encode(c) for c in chunks]) if len(chunks) > 1 else self.encode(chunks[0])
         else:
             h = torch.cat([self.encode(v) for v in views.images])
         return Embeddings(h=h, z=self.head(h))
