@@ -25,8 +25,7 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from _report import machine, markdown_table, record, seconds
 
 from metacontrast.config import compose_config
-from metacontrast.records import Batch
-from metacontrast.step import StepInputs
+from metacontrast.records import Batch, StepInputs
 from metacontrast.trainer import setup
 
 

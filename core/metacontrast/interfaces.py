@@ -22,6 +22,7 @@ from metacontrast.records import (
     Logits,
     LossInputs,
     LossTerms,
+    StepInputs,
     Views,
 )
 
@@ -144,18 +145,11 @@ class Evaluator:
         raise NotImplementedError
 
 
-class StepContext(Protocol):
-    """What a train step receives besides the batch."""
-
-    generator: torch.Generator
-    step: int
-
-
 class TrainStep(Protocol):
     """A method's step: ``step(batch, ctx) -> LossTerms`` (forward only; the trainer runs
     backward and the optimizer), and ``on_optimizer_step()`` for teachers and memories."""
 
-    def __call__(self, batch: Batch, ctx: StepContext) -> LossTerms: ...
+    def __call__(self, batch: Batch, ctx: StepInputs) -> LossTerms: ...
 
     def on_optimizer_step(self) -> None: ...
 

@@ -8,7 +8,8 @@ Shape letters: B batch, V views, N way, S support, Q query, D dim, C channels, H
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -227,3 +228,16 @@ class StepState:
     epoch: int
     terms: LossTerms | None
     model: Any
+
+
+@attrs.define
+class StepInputs:
+    """What the trainer hands a step: the explicit augmentation ``generator`` (on the
+    data's device), the global ``step`` index, the (possibly DDP-wrapped) ``model`` and
+    ``autocast``, a factory of the mixed-precision context for the model's forward
+    (view generation stays in float32)."""
+
+    generator: torch.Generator
+    step: int
+    model: torch.nn.Module
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext

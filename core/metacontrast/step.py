@@ -2,28 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
-
-import attrs
-import torch
-from torch import nn
-
 from metacontrast.interfaces import EpisodeBuilder, ViewGenerator
-from metacontrast.records import Batch, LossTerms
-
-
-@attrs.define
-class StepInputs:
-    """What the trainer hands a step: the explicit augmentation ``generator`` (on the
-    data's device), the global ``step`` index, the (possibly DDP-wrapped) ``model`` and
-    ``autocast``, a factory of the mixed-precision context for the model's forward
-    (view generation stays in float32)."""
-
-    generator: torch.Generator
-    step: int
-    model: nn.Module
-    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+from metacontrast.records import Batch, LossTerms, StepInputs
 
 
 class DefaultTrainStep:

@@ -47,8 +47,7 @@ from metacontrast.interfaces import BuildContext
 from metacontrast.metrics import MetricsLogger
 from metacontrast.optim import build_optimizer, build_scheduler
 from metacontrast.plugins import PluginManager
-from metacontrast.records import Batch, LossTerms, StepState
-from metacontrast.step import StepInputs
+from metacontrast.records import Batch, LossTerms, StepInputs, StepState
 
 # Config sections a checkpoint must agree on to be resumed or evaluated.
 STRUCTURAL_KEYS = ("encoder", "head", "solver", "loss", "memory", "episode", "views",
