@@ -141,3 +141,14 @@ def test_checkpoint_with_a_pickle_payload_is_refused_without_running_it(tmp_path
     with pytest.raises(CheckpointError, match="weights_only"):
         load_safe(path)
     assert not marker.exists()
+
+
+def test_auto_resume_skips_a_truncated_newest_checkpoint(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    trainer.fit(_cfg(run_dir, "trainer.max_steps=3"))
+    newest = list_checkpoints(run_dir / "checkpoints")[-1]
+    newest.write_bytes(newest.read_bytes()[:100])
+    run = trainer.setup(_cfg(run_dir, "trainer.max_steps=3"))
+    path, payload = trainer.load_resume_checkpoint(run)
+    assert path.name == "step-000000002.pt" and payload["position"]["step"] == 2
+    assert f"skipping unreadable checkpoint: checkpoint {newest}" in capsys.readouterr().err

@@ -11,6 +11,7 @@ import copy
 import json
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -245,24 +246,25 @@ def save_checkpoint(run: Run) -> Path | None:
     return path if run.world.is_main else None
 
 
-def find_resume_checkpoint(run: Run) -> Path | None:
+def load_resume_checkpoint(run: Run) -> tuple[Path, dict[str, Any]] | None:
+    """``trainer.resume``: ``never``; a path (must load); ``auto``: the newest checkpoint of
+    the run directory that loads, unreadable newer ones reported and skipped."""
     how = str(run.cfg.trainer.resume)
     if how == "never":
         return None
     if how != "auto":
-        return Path(how)
+        return Path(how), load_safe(Path(how), map_location=run.device)
     for path in reversed(list_checkpoints(run.run_dir / "checkpoints")):
         try:
-            load_safe(path)
-            return path
+            return path, load_safe(path, map_location=run.device)
         except CheckpointError as err:
             if run.world.is_main:
-                print(f"skipping unreadable checkpoint: {err}")
+                print(f"skipping unreadable checkpoint: {err}", file=sys.stderr)
     return None
 
 
-def restore(run: Run, path: Path) -> None:
-    payload = load_safe(path, map_location=run.device)
+def restore(run: Run, path: Path, payload: dict[str, Any]) -> None:
+    """Put the run back where checkpoint ``payload`` (read from ``path``) left it."""
     check_compatible(from_yaml(payload["config"]), run.cfg, path)
     if payload["world_size"] != run.world.world_size:
         raise ConfigError(f"checkpoint {path} was written by {payload['world_size']} processes, "
@@ -281,14 +283,18 @@ def restore(run: Run, path: Path) -> None:
 
 # -- evaluation -----------------------------------------------------------------------
 
+def _eval_train_index(run: Run) -> torch.Tensor:
+    """The fixed train subset used as kNN bank and probe training set."""
+    return train_subset_indices(run.data.train_images.shape[0], int(run.cfg.evaluation.train_subset),
+                                int(run.cfg.trainer.seed))
+
+
 def evaluate_encoder(run: Run, encoder: torch.nn.Module) -> dict[str, float]:
     ev = run.cfg.evaluation
-    index = train_subset_indices(run.data.train_images.shape[0], int(ev.train_subset),
-                                 int(run.cfg.trainer.seed))
     features = lambda x: extract_features(  # noqa: E731
         encoder, x, mean=run.data.mean, std=run.data.std, batch_size=int(ev.batch_size),
         autocast=run.autocast, channels_last=bool(run.cfg.trainer.channels_last))
-    return run_evaluators(run.components.evaluators, features, run.data, index)
+    return run_evaluators(run.components.evaluators, features, run.data, _eval_train_index(run))
 
 
 def evaluate_baselines(run: Run) -> None:
@@ -303,11 +309,9 @@ def evaluate_baselines(run: Run) -> None:
     if "random_init" in baselines:
         run.baseline_metrics["random_init"] = evaluate_encoder(run, copy.deepcopy(run.model.encoder))
     if "raw_pixels" in baselines:
-        index = train_subset_indices(run.data.train_images.shape[0],
-                                     int(run.cfg.evaluation.train_subset), int(run.cfg.trainer.seed))
         run.baseline_metrics["raw_pixels"] = run_evaluators(
             run.components.evaluators, lambda x: raw_pixel_features(x, run.data.mean, run.data.std),
-            run.data, index)
+            run.data, _eval_train_index(run))
 
 
 # -- the loop -------------------------------------------------------------------------
@@ -414,16 +418,16 @@ def fit(cfg: DictConfig, plugins: PluginManager | None = None) -> dict[str, Any]
     """Pre-train, then evaluate; returns the content written to ``results.json``."""
     started = time.perf_counter()
     run = setup(cfg, plugins)
-    resume_from = find_resume_checkpoint(run)
-    if resume_from is not None:
-        restore(run, resume_from)
+    resume = load_resume_checkpoint(run)
+    if resume is not None:
+        restore(run, *resume)
     elif run.world.is_main:
         evaluate_baselines(run)
     if run.world.is_main:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         (run.run_dir / "config.yaml").write_text(to_yaml(cfg))
-        if resume_from is not None:
-            print(f"resuming from {resume_from} at step {run.position.step}")
+        if resume is not None:
+            print(f"resuming from {resume[0]} at step {run.position.step}", file=sys.stderr)
     distributed.barrier()
     logger = MetricsLogger(run.run_dir, enabled=run.world.is_main, total_steps=run.total_steps,
                            initial_step=run.position.step, progress=bool(cfg.trainer.progress),

@@ -14,8 +14,9 @@ from torch import Tensor
 CROP_ATTEMPTS = 10
 
 
-def _uniform(shape: tuple[int, ...], low: float, high: float, generator: torch.Generator,
-             device: torch.device) -> Tensor:
+def uniform(shape: tuple[int, ...], low: float, high: float, generator: torch.Generator,
+            device: torch.device) -> Tensor:
+    """``shape`` draws from ``U(low, high)``."""
     return low + (high - low) * torch.rand(shape, generator=generator, device=device)
 
 
@@ -28,8 +29,8 @@ def crop_boxes(v: int, b: int, height: int, width: int, scale: tuple[float, floa
     log-uniform aspect ratio; the first that fits is kept; otherwise a centre crop with
     the aspect ratio clamped to ``ratio``. Drawn for all tries at once."""
     shape = (v, b, CROP_ATTEMPTS)
-    area = height * width * _uniform(shape, scale[0], scale[1], generator, device)
-    log_r = _uniform(shape, math.log(ratio[0]), math.log(ratio[1]), generator, device)
+    area = height * width * uniform(shape, scale[0], scale[1], generator, device)
+    log_r = uniform(shape, math.log(ratio[0]), math.log(ratio[1]), generator, device)
     aspect = log_r.exp()
     w = (area * aspect).sqrt().round()
     h = (area / aspect).sqrt().round()
@@ -67,8 +68,8 @@ def jitter_factors(v: int, b: int, strength: float, generator: torch.Generator,
     """``(V, B, 4)``: brightness, contrast, saturation factors ``U(max(0, 1 - 0.8s), 1 + 0.8s)``
     and hue shift ``U(-0.2s, 0.2s)`` (fraction of the colour circle), SimCLR's strength s."""
     bcs = 0.8 * strength
-    factors = _uniform((v, b, 3), max(0.0, 1 - bcs), 1 + bcs, generator, device)
-    hue = _uniform((v, b, 1), -0.2 * strength, 0.2 * strength, generator, device)
+    factors = uniform((v, b, 3), max(0.0, 1 - bcs), 1 + bcs, generator, device)
+    hue = uniform((v, b, 1), -0.2 * strength, 0.2 * strength, generator, device)
     return torch.cat([factors, hue], dim=-1)
 
 

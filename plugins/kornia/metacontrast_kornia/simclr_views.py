@@ -90,15 +90,15 @@ class SimCLRViews(ViewGenerator):
         """Draw every random parameter for ``V`` views of ``batch_size`` images."""
         c, v, b, dev = self.config, self.config.n_views, batch_size, generator.device
         return {
-            "crop": params.crop_boxes(v, b, height, width, _pair("crop_scale", c.crop_scale),
-                                      _pair("crop_ratio", c.crop_ratio), generator, dev),
+            "crop": params.crop_boxes(v, b, height, width, tuple(c.crop_scale), tuple(c.crop_ratio),
+                                      generator, dev),
             "flip": params.bernoulli(v, b, c.flip_p, generator, dev),
             "jitter": params.bernoulli(v, b, c.jitter_p, generator, dev),
             "jitter_factors": params.jitter_factors(v, b, c.strength, generator, dev),
             "jitter_order": params.jitter_order(v, b, generator, dev, c.jitter_random_order),
             "grayscale": params.bernoulli(v, b, c.grayscale_p, generator, dev),
             "blur": params.bernoulli(v, b, c.blur_p, generator, dev),
-            "blur_sigma": params._uniform((v, b), c.blur_sigma[0], c.blur_sigma[1], generator, dev),
+            "blur_sigma": params.uniform((v, b), c.blur_sigma[0], c.blur_sigma[1], generator, dev),
             "solarize": params.bernoulli(v, b, c.solarize_p, generator, dev),
         }
 
