@@ -67,3 +67,91 @@ def test_precision_resolution():
     assert resolve_precision("bf16", cpu) is torch.bfloat16
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         resolve_precision("fp16", cpu)
+
+
+class _NaNAtSteps(Loss):
+    """NT-Xent-free loss that is NaN on the listed optimizer steps (counted by calls)."""
+
+    NAME = "nan_at_steps"
+    bad_calls: tuple[int, ...] = ()
+
+    def __init__(self, config, context):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, inputs):
+        value = inputs.embeddings.z.pow(2).mean()
+        bad = self.calls in self.bad_calls
+        self.calls += 1
+        return value * float("nan") if bad else value
+
+
+def _nan_plugin(bad_calls):
+    cls = type("NaNAt", (_NaNAtSteps,), {"bad_calls": tuple(bad_calls)})
+    return as_module("nan_at_plugin", metacontrast_register_losses=hookimpl(lambda: [cls]))
+
+
+def test_skip_policy_skips_counts_and_saves(tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = compose_config([*TINY, "+loss.nan_at_steps.weight=1.0", "trainer.max_steps=4", "trainer.log_every=1",
+                          "trainer.nonfinite=skip", f"trainer.run_dir={run_dir}"])
+    results = fit(cfg, PluginManager(extra=[_nan_plugin([1])]))
+    assert results["steps"] == 4
+    rows = _rows(run_dir)
+    assert [r["skipped_steps"] for r in rows] == [0, 1, 1, 1]
+    from metacontrast.checkpoint import list_checkpoints, load_safe
+
+    payload = load_safe(list_checkpoints(run_dir / "checkpoints")[-1])
+    assert payload["position"]["skipped"] == 1 and payload["position"]["consecutive_skips"] == 0
+
+
+def test_skipped_step_leaves_the_weights_untouched(tmp_path):
+    from metacontrast.metrics import MetricsLogger
+    from metacontrast.trainer import setup, train_steps
+
+    cfg = compose_config([*TINY, "+loss.nan_at_steps.weight=1.0", "trainer.max_steps=1",
+                          "trainer.nonfinite=skip", f"trainer.run_dir={tmp_path / 'run'}"])
+    run = setup(cfg, PluginManager(extra=[_nan_plugin([0])]))
+    before = {k: v.clone() for k, v in run.model.state_dict().items() if v.dtype.is_floating_point}
+    (tmp_path / "run").mkdir()
+    train_steps(run, MetricsLogger(tmp_path / "run", enabled=False, total_steps=1, initial_step=0,
+                                   progress=False, tensorboard=False))
+    after = run.model.state_dict()
+    for k, v in before.items():
+        if "running" not in k:  # BN statistics move in the forward pass, as they should
+            assert torch.equal(after[k], v), k
+    assert run.position.skipped == 1
+
+
+def test_too_many_consecutive_skips_halt(tmp_path):
+    cfg = compose_config([*TINY, "+loss.nan_at_steps.weight=1.0", "trainer.max_steps=4",
+                          "trainer.nonfinite=skip", "trainer.max_consecutive_skips=1",
+                          f"trainer.run_dir={tmp_path / 'run'}"])
+    with pytest.raises(TrainingError, match="2 consecutive steps with non-finite values"):
+        fit(cfg, PluginManager(extra=[_nan_plugin([0, 1])]))
+
+
+def test_clip_gradients_matches_the_formula():
+    from metacontrast.guards import clip_gradients
+
+    g = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.zeros(3, 4)), torch.nn.Parameter(torch.zeros(5))]
+    grads = [torch.randn(3, 4, generator=g) * 3, torch.randn(5, generator=g) * 3]
+    for p, gr in zip(params, grads, strict=True):
+        p.grad = gr.clone()
+    clip_gradients(params, max_norm=1.5, max_value=2.0)
+    clamped = [gr.clamp(-2.0, 2.0) for gr in grads]
+    total = sum(float((c * c).sum()) for c in clamped) ** 0.5
+    scale = min(1.0, 1.5 / (total + 1e-6))
+    for p, c in zip(params, clamped, strict=True):
+        torch.testing.assert_close(p.grad, c * scale)
+    assert sum(float((p.grad * p.grad).sum()) for p in params) ** 0.5 == pytest.approx(1.5, rel=1e-5)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("trainer.nonfinite=ignore", "trainer.nonfinite: unknown policy 'ignore'"),
+    ("trainer.grad_clip_norm=-1", "trainer.grad_clip_norm: must be >= 0"),
+])
+def test_guard_settings_are_validated(override, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        fit(compose_config([*TINY, override, f"trainer.run_dir={tmp_path}"]))

@@ -76,7 +76,11 @@ class TrainerConfig:
     supports it). ``device``: auto | cpu | cuda. ``max_steps`` > 0 stops early.
     ``checkpoint_every``: steps between checkpoints (0 = at each epoch end).
     ``resume``: auto (newest checkpoint in ``run_dir``) | never | a checkpoint path.
-    ``tune_host_malloc``: keep freed host memory for reuse (glibc), see ``metacontrast.host``."""
+    ``tune_host_malloc``: keep freed host memory for reuse (glibc), see ``metacontrast.host``.
+    ``grad_clip_norm``/``grad_clip_value``: clip gradients to this global L2 norm / each
+    element to this magnitude (0 = off). ``nonfinite``: halt | skip, what to do when a
+    loss term or gradient is NaN or infinite (skip: no update on any rank, counted; halt
+    after ``max_consecutive_skips`` skips in a row)."""
 
     epochs: int = 100
     max_steps: int = 0
@@ -99,6 +103,10 @@ class TrainerConfig:
     tensorboard: bool = True
     threads: int = 0
     tune_host_malloc: bool = True
+    grad_clip_norm: float = 0.0
+    grad_clip_value: float = 0.0
+    nonfinite: str = "halt"
+    max_consecutive_skips: int = 10
 
 
 @dataclass

@@ -125,6 +125,15 @@ def all_reduce_mean(t: Tensor) -> Tensor:
     return out / dist.get_world_size()
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is true on at least one rank (the flag itself without a group)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def broadcast_object(obj: object, src: int = 0) -> object:
     """Send a picklable object from rank ``src`` to all ranks."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:

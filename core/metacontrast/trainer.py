@@ -13,6 +13,7 @@ import math
 import random
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from metacontrast.evaluation import (
     run_evaluators,
     train_subset_indices,
 )
+from metacontrast.guards import NONFINITE_POLICIES, clip_gradients, nonfinite_gradient, nonfinite_term
 from metacontrast.host import tune_glibc_malloc
 from metacontrast.interfaces import BuildContext
 from metacontrast.metrics import MetricsLogger
@@ -112,11 +114,13 @@ def check_compatible(stored: DictConfig, current: DictConfig, source: Path) -> N
 @attrs.define
 class Position:
     """Where training stands: optimizer ``step``, ``epoch``, next micro-batch ``batch`` of
-    the epoch."""
+    the epoch; ``skipped`` steps (non-finite, policy skip) and how many in a row."""
 
     step: int = 0
     epoch: int = 0
     batch: int = 0
+    skipped: int = 0
+    consecutive_skips: int = 0
 
 
 @attrs.define
@@ -167,6 +171,11 @@ def setup(cfg: DictConfig, plugins: PluginManager | None = None) -> Run:
     dtype = resolve_precision(str(t.precision), device)
     if t.accumulate < 1:
         raise ConfigError(f"trainer.accumulate: must be >= 1, got {t.accumulate}")
+    if t.nonfinite not in NONFINITE_POLICIES:
+        raise ConfigError(f"trainer.nonfinite: unknown policy {t.nonfinite!r}; available: halt, skip")
+    for key in ("grad_clip_norm", "grad_clip_value", "max_consecutive_skips"):
+        if t[key] < 0:
+            raise ConfigError(f"trainer.{key}: must be >= 0, got {t[key]}")
     plugins = plugins or PluginManager(autoload=cfg.plugins.autoload, block=cfg.plugins.block)
 
     seed_everything(int(t.seed))  # every rank builds the same initial weights
@@ -316,11 +325,39 @@ def evaluate_baselines(run: Run) -> None:
 
 # -- the loop -------------------------------------------------------------------------
 
-def _check_finite(terms: LossTerms, step: int) -> None:
-    for name, value in terms.terms.items():
-        if not torch.isfinite(value.detach()):
-            raise TrainingError(f"step {step}: loss term {name!r} is {value.item()}; stopping "
-                                f"before the optimizer touches the weights")
+def _loss_is_finite(run: Run, terms: LossTerms) -> bool:
+    """Agree across ranks whether this micro-batch's loss is finite. Policy ``halt`` raises
+    (on every rank, naming the term where it is known); ``skip`` returns ``False``."""
+    bad = nonfinite_term(terms)
+    if not distributed.any_rank(bad is not None, run.device):
+        return True
+    if run.cfg.trainer.nonfinite == "halt":
+        what = (f"loss term {bad!r} is {terms.terms[bad].item()}" if bad
+                else "a loss term is non-finite on another rank")
+        raise TrainingError(f"step {run.position.step}: {what}; stopping before the optimizer "
+                            f"touches the weights")
+    return False
+
+
+def _gradients_are_finite(run: Run) -> bool:
+    """After backward (gradients already averaged over ranks, so every rank agrees)."""
+    bad = nonfinite_gradient(run.model)
+    if bad is None:
+        return True
+    if run.cfg.trainer.nonfinite == "halt":
+        raise TrainingError(f"step {run.position.step}: the gradient of {bad!r} is not finite; stopping "
+                            f"before the optimizer touches the weights")
+    return False
+
+
+def _skip_step(run: Run) -> None:
+    pos, limit = run.position, int(run.cfg.trainer.max_consecutive_skips)
+    run.optimizer.zero_grad(set_to_none=True)
+    pos.skipped += 1
+    pos.consecutive_skips += 1
+    if pos.consecutive_skips > limit:
+        raise TrainingError(f"step {pos.step}: {pos.consecutive_skips} consecutive steps with non-finite "
+                            f"values (trainer.max_consecutive_skips={limit}); stopping")
 
 
 def _backward(run: Run, loss: torch.Tensor) -> None:
@@ -331,6 +368,10 @@ def _backward(run: Run, loss: torch.Tensor) -> None:
 
 
 def _optimizer_step(run: Run) -> None:
+    t = run.cfg.trainer
+    if run.scaler is not None:
+        run.scaler.unscale_(run.optimizer)
+    clip_gradients(run.model.parameters(), float(t.grad_clip_norm), float(t.grad_clip_value))
     if run.scaler is not None:
         run.scaler.step(run.optimizer)
         run.scaler.update()
@@ -348,6 +389,7 @@ def _metrics_row(run: Run, terms: LossTerms, images: int, seconds: float) -> dic
         "loss": distributed.all_reduce_mean(terms.total.detach()).item(),
         "lr": run.optimizer.param_groups[0]["lr"],
         "images_per_s": images * run.world.world_size / max(seconds, 1e-9),
+        "skipped_steps": pos.skipped,
     }
     for name, value in terms.terms.items():
         row[f"loss/{name}"] = distributed.all_reduce_mean(value.detach()).item()
@@ -380,6 +422,7 @@ def train_steps(run: Run, logger: MetricsLogger) -> None:
     last_log, images_since_log = time.perf_counter(), 0
     pos = run.position
     batches_per_epoch = (run.sampler.steps_per_epoch // accumulate) * accumulate
+    step_ok = True
     while pos.step < run.total_steps:
         terms: LossTerms | None = None
         for batch_index, idx in run.sampler.batches(pos.epoch, pos.batch, stop=batches_per_epoch):
@@ -390,13 +433,25 @@ def train_steps(run: Run, logger: MetricsLogger) -> None:
             with contextlib.nullcontext() if last_micro or no_sync is None else no_sync():
                 terms = step_fn(batch, StepInputs(generator=run.generator, step=pos.step,
                                                   model=run.wrapped, autocast=run.autocast))
-                _check_finite(terms, pos.step)
-                _backward(run, terms.total / accumulate)
+                if _loss_is_finite(run, terms):
+                    _backward(run, terms.total / accumulate)
+                else:
+                    step_ok = False
             images_since_log += batch.size
             if not last_micro:
                 continue
-            _optimizer_step(run)
-            step_fn.on_optimizer_step()
+            # the scaler (fp16) skips steps with inf/NaN gradients itself
+            step_ok = step_ok and (run.scaler is not None or _gradients_are_finite(run))
+            if step_ok:
+                _optimizer_step(run)
+                step_fn.on_optimizer_step()
+                pos.consecutive_skips = 0
+            else:
+                _skip_step(run)
+                with warnings.catch_warnings():  # the schedule follows the step count, by design
+                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()`")
+                    run.scheduler.step()
+            step_ok = True
             pos.step += 1
             pos.batch = batch_index + 1
             run.plugins.hooks.hook.metacontrast_on_step_end(
