@@ -11,6 +11,7 @@ import copy
 import json
 import math
 import random
+import re
 import sys
 import time
 import warnings
@@ -449,7 +450,7 @@ def train_steps(run: Run, logger: MetricsLogger) -> None:
             else:
                 _skip_step(run)
                 with warnings.catch_warnings():  # the schedule follows the step count, by design
-                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()`")
+                    warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()`"))
                     run.scheduler.step()
             step_ok = True
             pos.step += 1
