@@ -352,8 +352,13 @@ def _gradients_are_finite(run: Run) -> bool:
 
 
 def _skip_step(run: Run) -> None:
+    """Drop this step's gradients, count the skip; the schedule still advances with the
+    step count."""
     pos, limit = run.position, int(run.cfg.trainer.max_consecutive_skips)
     run.optimizer.zero_grad(set_to_none=True)
+    with warnings.catch_warnings():  # no optimizer step before this scheduler step, by design
+        warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()`"))
+        run.scheduler.step()
     pos.skipped += 1
     pos.consecutive_skips += 1
     if pos.consecutive_skips > limit:
@@ -383,7 +388,7 @@ def _optimizer_step(run: Run) -> None:
 
 
 def _metrics_row(run: Run, terms: LossTerms, images: int, seconds: float) -> dict[str, Any]:
-    """Loss terms averaged over ranks (one host sync per logged step, not per step)."""
+    """The logged row: loss terms averaged over ranks, lr, throughput, skipped steps."""
     pos = run.position
     row: dict[str, Any] = {
         "step": pos.step, "epoch": pos.epoch,
@@ -449,9 +454,6 @@ def train_steps(run: Run, logger: MetricsLogger) -> None:
                 pos.consecutive_skips = 0
             else:
                 _skip_step(run)
-                with warnings.catch_warnings():  # the schedule follows the step count, by design
-                    warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()`"))
-                    run.scheduler.step()
             step_ok = True
             pos.step += 1
             pos.batch = batch_index + 1
