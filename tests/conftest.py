@@ -36,3 +36,39 @@ def prepared_data() -> Path:
 @pytest.fixture
 def tiny_overrides(tmp_path: Path) -> list[str]:
     return [*TINY, f"trainer.run_dir={tmp_path / 'run'}"]
+
+
+def make_image_folder(root: Path, classes: int = 3, train_per_class: int = 8, test_per_class: int = 2,
+                      size: int = 12, seed: int = 0) -> Path:
+    """``root/{train,test}/c<k>/<i>.png``: noisy images whose mean colour depends on the
+    class. Returns ``root``."""
+    import numpy as np
+    from PIL import Image
+
+    g = np.random.default_rng(seed)
+    for split, per_class in (("train", train_per_class), ("test", test_per_class)):
+        for k in range(classes):
+            folder = root / split / f"c{k}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                base = np.array([80 * k % 256, 255 - 60 * k % 256, 40 * k % 256], dtype=np.int64)
+                pixels = np.clip(base + g.integers(-40, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+    return root
+
+
+def add_bad_files(folder: Path) -> dict[str, Path]:
+    """Three unreadable files in ``folder``: a truncated JPEG, a 0-byte file and a text
+    file named ``.jpg``."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((16, 16, 3), 128, np.uint8)).save(buffer, format="JPEG")
+    bad = {"corrupt": folder / "corrupt.jpg", "empty": folder / "empty.jpg", "text": folder / "text.jpg"}
+    bad["corrupt"].write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    bad["empty"].write_bytes(b"")
+    bad["text"].write_text("this is not an image\n")
+    return bad

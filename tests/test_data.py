@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from metacontrast.config import DataConfig
 from metacontrast.data import DatasetError, EpochBatchSampler, load_dataset
 
 
 def _cfg(**kw):
-    base = {"name": "digits", "root": None, "download": False, "image_size": 0, "train_subset": 0,
-            "test_subset": 0, "seed": 0, "mean": [], "std": []}
-    return SimpleNamespace(**{**base, **kw})
+    return OmegaConf.structured(DataConfig(**kw))
 
 
 def test_digits_is_embedded_upsampled_and_split():

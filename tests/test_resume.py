@@ -152,3 +152,186 @@ def test_auto_resume_skips_a_truncated_newest_checkpoint(tmp_path, capsys):
     path, payload = trainer.load_resume_checkpoint(run)
     assert path.name == "step-000000002.pt" and payload["position"]["step"] == 2
     assert f"skipping unreadable checkpoint: checkpoint {newest}" in capsys.readouterr().err
+
+
+# -- exact resume in a new process, streamed data decoded by 2 loader workers ----------
+
+def _stream_overrides(root: Path, run_dir: Path) -> list[str]:
+    """16 steps (2 epochs of 8 batches of 8 images), shuffled, random on-device views."""
+    return [*TINY, "data=imagefolder", f"data.root={root}", "data.image_size=16", "data.stream=true",
+            "data.workers=2", "encoder.hidden=8", "trainer.batch_size=8", "trainer.max_steps=16",
+            "trainer.epochs=2", "trainer.checkpoint_every=4", "trainer.keep_checkpoints=0",
+            "trainer.resume=auto", "evaluation.train_subset=16", "evaluation.baselines=[]",
+            f"trainer.run_dir={run_dir}"]
+
+
+def _records(directory: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (directory / "rank0.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> Path:
+    from .conftest import make_image_folder
+
+    return make_image_folder(tmp_path_factory.mktemp("images"), classes=4, train_per_class=16)
+
+
+@pytest.fixture(scope="module")
+def straight_stream(image_folder, tmp_path_factory) -> Path:
+    from .launch import launch_cli, output
+
+    run_dir = tmp_path_factory.mktemp("straight")
+    done = launch_cli(_stream_overrides(image_folder, run_dir), record=str(run_dir / "records"))
+    assert done.returncode == 0, output(done)
+    return run_dir
+
+
+def _stop_at_7_then_resume(root: Path, run_dir: Path, **faults: str) -> None:
+    from .launch import launch_cli, output
+
+    first = launch_cli(_stream_overrides(root, run_dir), signal="0:7", record=str(run_dir / "records"), **faults)
+    assert first.returncode == 143, output(first)
+    assert "stopped by SIGTERM at step 7" in first.stderr
+    assert list_checkpoints(run_dir / "checkpoints")[-1].name == "step-000000007.pt"
+    second = launch_cli(_stream_overrides(root, run_dir), record=str(run_dir / "records"), **faults)
+    assert second.returncode == 0, output(second)
+    assert "resuming from" in second.stderr and "at step 7" in second.stderr
+
+
+def test_exact_resume_mid_epoch_in_a_new_process_with_two_loader_workers(image_folder, straight_stream,
+                                                                          tmp_path):
+    run_dir = tmp_path / "resumed"
+    _stop_at_7_then_resume(image_folder, run_dir)
+    a, b = load_safe(list_checkpoints(straight_stream / "checkpoints")[-1]), _final_payload(run_dir)
+    assert a["position"] == b["position"] and b["position"]["step"] == 16
+    for name, value in a["model"].items():
+        torch.testing.assert_close(b["model"][name], value, rtol=0, atol=0, msg=name)
+    for pid, state in a["optimizer"]["state"].items():
+        for key, value in state.items():
+            torch.testing.assert_close(b["optimizer"]["state"][pid][key], value, rtol=0, atol=0, msg=key)
+    assert a["scheduler"] == b["scheduler"]
+    # the same samples in the same order, and the same augmentation draws, step by step
+    assert _records(run_dir / "records") == _records(straight_stream / "records")
+    assert len(_records(run_dir / "records")) == 16
+
+
+@pytest.mark.parametrize("piece", ["rng", "optimizer"])
+def test_negative_controls_resume_without_one_restored_piece_diverges(image_folder, straight_stream,
+                                                                      tmp_path, piece):
+    run_dir = tmp_path / f"without-{piece}"
+    _stop_at_7_then_resume(image_folder, run_dir, no_restore=piece)
+    a, b = load_safe(list_checkpoints(straight_stream / "checkpoints")[-1]), _final_payload(run_dir)
+    assert any(not torch.equal(b["model"][n], v) for n, v in a["model"].items())
+
+
+def _final_payload(run_dir: Path) -> dict:
+    return load_safe(list_checkpoints(run_dir / "checkpoints")[-1])
+
+
+def test_external_sigterm_checkpoints_at_the_step_boundary_and_exits_143(tmp_path):
+    import re
+    import signal
+    import subprocess
+    import time
+
+    from .launch import HANG_GUARD_S, cli_command, fault_env
+
+    run_dir = tmp_path / "run"
+    overrides = [*TINY, f"trainer.run_dir={run_dir}", "trainer.max_steps=100000", "trainer.epochs=1000",
+                 "trainer.log_every=1", "evaluation.baselines=[]"]
+    proc = subprocess.Popen(cli_command(overrides), env=fault_env(), stderr=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 3):
+        assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=HANG_GUARD_S)
+    assert proc.returncode == 143, err
+    step = int(re.search(r"stopped by SIGTERM at step (\d+); checkpoint (\S+);", err).group(1))
+    assert list_checkpoints(run_dir / "checkpoints")[-1].name == f"step-{step:09d}.pt"
+    assert load_safe(list_checkpoints(run_dir / "checkpoints")[-1])["position"]["step"] == step
+    assert "saved" not in err.lower()
+
+
+# -- a memory (queue + pointer) is checkpointed and restored ------------------------------
+
+def _queue_plugin():
+    """A FIFO memory of batch colour statistics, filled by a train step that wraps the default."""
+    from torch import nn
+
+    from metacontrast.interfaces import Memory
+    from metacontrast.step import DefaultTrainStep
+
+    class ToyQueue(Memory):
+        NAME = "toy_queue"
+
+        def __init__(self, config, context) -> None:
+            nn.Module.__init__(self)
+            self.register_buffer("keys", torch.zeros(64, 1))
+            self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
+
+        def read(self):
+            return self.keys
+
+        def update(self, keys, ids) -> None:
+            n = keys.shape[0]
+            slots = (self.pointer + torch.arange(n)) % self.keys.shape[0]
+            self.keys[slots] = keys
+            self.pointer.copy_((self.pointer + n) % self.keys.shape[0])
+
+    class FillingStep(DefaultTrainStep):
+        def __init__(self, components) -> None:
+            super().__init__(components.view_generator, components.episode_builder)
+            self.memory = components.memory
+
+        def __call__(self, batch, ctx):
+            terms = super().__call__(batch, ctx)
+            self.memory.update(batch.images.float().mean(dim=(1, 2, 3))[:, None] + ctx.step, batch.index)
+            return terms
+
+    @hookimpl
+    def metacontrast_register_memories():
+        return [ToyQueue]
+
+    @hookimpl
+    def metacontrast_make_train_step(config, components):
+        return FillingStep(components) if components.memory is not None else None
+
+    return as_module("toy_queue_plugin", metacontrast_register_memories=metacontrast_register_memories,
+                     metacontrast_make_train_step=metacontrast_make_train_step)
+
+
+def test_memory_queue_and_pointer_survive_resume(tmp_path, monkeypatch):
+    plugin = _queue_plugin()
+    queue = ("+memory.name=toy_queue",)
+    trainer.fit(_cfg(tmp_path / "straight", *queue), PluginManager(extra=[plugin]))
+    straight = load_safe(list_checkpoints(tmp_path / "straight" / "checkpoints")[-1])["memory"]
+    assert int(straight["pointer"]) == (STEPS * 16) % 64
+
+    def interrupted_then_resumed(run_dir: Path) -> dict:
+        with pytest.raises(Interrupted):
+            trainer.fit(_cfg(run_dir, *queue), PluginManager(extra=[plugin, _interrupt_at(4)]))
+        trainer.fit(_cfg(run_dir, *queue), PluginManager(extra=[plugin]))
+        return load_safe(list_checkpoints(run_dir / "checkpoints")[-1])["memory"]
+
+    resumed = interrupted_then_resumed(tmp_path / "resumed")
+    assert torch.equal(resumed["keys"], straight["keys"]) and torch.equal(resumed["pointer"], straight["pointer"])
+    # negative control: a resume that drops the memory's state ends elsewhere
+    monkeypatch.setattr(torch.nn.Module, "load_state_dict", _skip_for_memories(torch.nn.Module.load_state_dict))
+    dropped = interrupted_then_resumed(tmp_path / "dropped")
+    assert not torch.equal(dropped["keys"], straight["keys"])
+
+
+def _skip_for_memories(original):
+    from metacontrast.interfaces import Memory
+
+    def load_state_dict(self, state_dict, *args, **kwargs):
+        if isinstance(self, Memory):
+            return None
+        return original(self, state_dict, *args, **kwargs)
+
+    return load_state_dict

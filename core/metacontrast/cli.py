@@ -36,11 +36,14 @@ def compose_with_plugins(args: list[str]):
     compose again with the config directories those plugins ship."""
     from metacontrast.config import compose_config
     from metacontrast.plugins import PluginManager
+    from metacontrast.targets import check_targets
 
     plugin_args = [a for a in args if a.lstrip("+~").startswith("plugins.")]
     section = compose_config(plugin_args).plugins
     plugins = PluginManager(autoload=section.autoload, block=section.block)
-    return compose_config(args, searchpath=plugins.config_searchpath()), plugins
+    cfg = compose_config(args, searchpath=plugins.config_searchpath())
+    check_targets(cfg, plugins.allowed_targets(), source="the config files and overrides")
+    return cfg, plugins
 
 
 def _train(args: list[str]) -> int:
@@ -97,12 +100,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"metacontrast: error: unknown command {argv[0]!r}; commands: "
               f"{', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    from metacontrast.signals import StopRequested
+
     try:
         return command(argv[1:])
+    except StopRequested as stopped:
+        import signal
+
+        # already stopping: a second SIGTERM (torchrun tells the other ranks to stop once the
+        # first one exits) must not turn this orderly exit into a kill
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print(f"metacontrast: {stopped}", file=sys.stderr)
+        return stopped.exit_code
     except _errors() as err:
         print(f"metacontrast: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        # leave the process group before exiting: an interpreter that exits with gloo's
+        # threads still running can abort (SIGABRT) instead of returning its status
+        from metacontrast.distributed import shutdown
+
+        shutdown()
+
+
+def entry_point() -> None:
+    """Console script: ``main`` with torchrun's error recording, so a rank that fails with
+    an unexpected exception has its traceback in torchrun's summary."""
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    sys.exit(record(main)())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry_point()

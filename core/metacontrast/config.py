@@ -35,6 +35,11 @@ class DataConfig:
     fetch missing files (never needed offline). ``image_size``: resize to this side
     (0 = keep). ``train_subset``/``test_subset``: cap the number of images (0 = all).
     ``mean``/``std``: per-channel statistics in [0, 1] (empty = measured on the data).
+    ``workers``: loader processes that decode image files (imagefolder). ``stream``:
+    decode training batches while training instead of holding the train set in memory
+    (imagefolder; needs ``evaluation.train_subset`` > 0). ``bad_files``: strict | skip,
+    what an unreadable image does (skip: warned once, left out or replaced within its
+    batch, counted); ``max_bad_fraction``: fail when more than this fraction is bad.
     """
 
     name: str = "digits"
@@ -46,6 +51,10 @@ class DataConfig:
     seed: int = 0
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
+    workers: int = 0
+    stream: bool = False
+    bad_files: str = "strict"
+    max_bad_fraction: float = 0.01
 
 
 @dataclass
@@ -80,7 +89,8 @@ class TrainerConfig:
     ``grad_clip_norm``/``grad_clip_value``: clip gradients to this global L2 norm / each
     element to this magnitude (0 = off). ``nonfinite``: halt | skip, what to do when a
     loss term or gradient is NaN or infinite (skip: no update on any rank, counted; halt
-    after ``max_consecutive_skips`` skips in a row)."""
+    after ``max_consecutive_skips`` skips in a row). ``deterministic``: only deterministic
+    kernels (an error names an operation that has none), no cuDNN autotuning."""
 
     epochs: int = 100
     max_steps: int = 0
@@ -107,6 +117,7 @@ class TrainerConfig:
     grad_clip_value: float = 0.0
     nonfinite: str = "halt"
     max_consecutive_skips: int = 10
+    deterministic: bool = False
 
 
 @dataclass

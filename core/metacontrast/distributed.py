@@ -46,8 +46,27 @@ def init_from_env(device_type: str, timeout_s: float = 1800.0) -> WorldInfo:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+        timeout = datetime.timedelta(seconds=timeout_s)
+        dist.init_process_group(backend=backend, store=_attempt_store(rank, world_size, timeout),
+                                rank=rank, world_size=world_size, timeout=timeout)
     return WorldInfo(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def _attempt_store(rank: int, world_size: int, timeout: datetime.timedelta) -> dist.Store:
+    """The rendezvous store, with keys private to this restart attempt.
+
+    After a worker dies, ``torchrun --max-restarts`` starts every worker again against
+    the same TCP store its agent hosts. The keys the previous attempt's process group
+    wrote (each rank's gloo address) are still there, and the new group would read them
+    and connect to dead ports. Prefixing every key with ``TORCHELASTIC_RESTART_COUNT``
+    gives each attempt a clean namespace. Without an agent store (plain
+    ``MASTER_ADDR``/``MASTER_PORT``), rank 0 hosts the store as ``env://`` would."""
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(host, port, world_size=world_size, is_master=not agent_hosts and rank == 0,
+                          timeout=timeout, multi_tenant=not agent_hosts)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"metacontrast/attempt-{attempt}", store)
 
 
 def current() -> WorldInfo:
@@ -132,6 +151,15 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([1 if flag else 0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def max_over_ranks(value: int, device: torch.device) -> int:
+    """The largest ``value`` over ranks (``value`` itself without a group)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([value], device=device, dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
 
 
 def broadcast_object(obj: object, src: int = 0) -> object:

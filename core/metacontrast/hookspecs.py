@@ -115,6 +115,16 @@ def metacontrast_register_evaluators() -> list[type[Evaluator]]:
 
 
 @hookspec
+def metacontrast_register_targets() -> list[str]:
+    """Return dotted names a config may use as ``_target_`` (setup, 1:N).
+
+    Only exact names are allowed (``mypkg.backbones.Net``, never a prefix). The built-in
+    allowlist holds torchvision's model builders and torch.nn norm and activation layers;
+    a config can never add to it (see ``metacontrast.targets``).
+    """
+
+
+@hookspec
 def metacontrast_config_searchpath() -> list[str]:
     """Return hydra search-path entries that hold this plugin's config files (setup, 1:N).
 

@@ -39,6 +39,8 @@ class BuildContext:
     ``in_channels``/``image_size``: the stored images' C and H (= W). ``mean``/``std``:
     per-channel statistics in [0, 1] units. ``encoder_dim``/``head_dim``: D of ``h`` and
     ``z`` once those are built. ``rank``/``world_size``: the process group position.
+    ``allowed_targets``: the ``_target_`` allowlist, for components that instantiate a
+    config node (through ``metacontrast.targets.instantiate_checked``).
     """
 
     in_channels: int
@@ -51,6 +53,7 @@ class BuildContext:
     head_dim: int = 0
     rank: int = 0
     world_size: int = 1
+    allowed_targets: frozenset[str] = frozenset()
 
     def evolve(self, **changes: Any) -> BuildContext:
         return attrs.evolve(self, **changes)

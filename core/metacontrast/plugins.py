@@ -25,6 +25,7 @@ ENTRY_POINT_GROUP = PROJECT_NAME
 BUILTIN_MODULES = ("metacontrast.builtin.plugin",)
 DISABLE_AUTOLOAD_ENV = "METACONTRAST_DISABLE_PLUGIN_AUTOLOAD"
 BLOCK_ENV = "METACONTRAST_BLOCK_PLUGINS"
+MODULES_ENV = "METACONTRAST_PLUGINS"
 BUILTIN_NAME = "builtin"
 
 
@@ -54,6 +55,10 @@ class PluginInfo:
 _HOOK_NAMES = frozenset(n for n in dir(hookspecs) if n.startswith(f"{PROJECT_NAME}_"))
 
 
+def _env_list(name: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+
+
 def _owner(info: PluginInfo) -> str:
     return f"{info.name!r} (distribution {info.distribution} {info.version}, module {info.module})"
 
@@ -65,7 +70,9 @@ class PluginManager:
     want a clean manager; also off when ``METACONTRAST_DISABLE_PLUGIN_AUTOLOAD=1``).
     ``block``: entry-point or distribution names never loaded (also taken from the
     comma-separated ``METACONTRAST_BLOCK_PLUGINS``). ``extra``: modules or objects to
-    register as well, as if they were plugins.
+    register as well, as if they were plugins. ``METACONTRAST_PLUGINS``: comma-separated
+    importable module names registered the same way (a local plugin without packaging it;
+    the environment, never a config, chooses code to import).
     """
 
     def __init__(self, *, autoload: bool = True, block: Iterable[str] = (),
@@ -73,13 +80,19 @@ class PluginManager:
         self.hooks = pluggy.PluginManager(PROJECT_NAME)
         self.hooks.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
-        env_block = [b.strip() for b in os.environ.get(BLOCK_ENV, "").split(",") if b.strip()]
-        self.blocked = frozenset([*block, *env_block])
+        self.blocked = frozenset([*block, *_env_list(BLOCK_ENV)])
         for module_name in BUILTIN_MODULES:
             self._register(importlib.import_module(module_name), BUILTIN_NAME, PROJECT_NAME,
                            __version__)
         if autoload and os.environ.get(DISABLE_AUTOLOAD_ENV, "") not in ("1", "true", "yes"):
             self._load_entry_points()
+        for module_name in _env_list(MODULES_ENV):
+            try:
+                module = importlib.import_module(module_name)
+            except Exception as err:
+                raise PluginError(f"{MODULES_ENV}: module {module_name!r} failed to import: "
+                                  f"{type(err).__name__}: {err}") from err
+            self._register(module, module_name, f"<{MODULES_ENV}>", "")
         for i, plugin in enumerate(extra):
             name = getattr(plugin, "__name__", None) or f"extra{i}"
             self._register(plugin, name, "<registered in process>", "")
@@ -195,6 +208,21 @@ class PluginManager:
             return answers[0][1]
         builtin = self.hooks.get_plugin(BUILTIN_NAME)
         return builtin.metacontrast_make_train_step(config=config, components=components)
+
+    def allowed_targets(self) -> frozenset[str]:
+        """The ``_target_`` allowlist: built-in names plus every plugin's
+        ``metacontrast_register_targets``."""
+        from metacontrast.targets import builtin_targets
+
+        names = set(builtin_targets())
+        for impl in self.hooks.hook.metacontrast_register_targets.get_hookimpls():
+            for name in impl.function() or []:
+                if not isinstance(name, str) or "." not in name or "*" in name:
+                    info = self.infos[impl.plugin_name]
+                    raise PluginError(f"plugin {_owner(info)}: register_targets must return exact "
+                                      f"dotted names, got {name!r}")
+                names.add(name)
+        return frozenset(names)
 
     def config_searchpath(self) -> list[str]:
         """Every plugin's hydra search-path entries, in registration order."""

@@ -9,13 +9,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import math
+import os
 import random
 import re
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from metacontrast.checkpoint import (
 )
 from metacontrast.config import ConfigError, from_yaml, to_yaml
 from metacontrast.data import EpochBatchSampler, ImageData, load_dataset
+from metacontrast.data.files import stream_batches
 from metacontrast.evaluation import (
     extract_features,
     raw_pixel_features,
@@ -52,6 +53,8 @@ from metacontrast.metrics import MetricsLogger
 from metacontrast.optim import build_optimizer, build_scheduler
 from metacontrast.plugins import PluginManager
 from metacontrast.records import Batch, LossTerms, StepInputs, StepState
+from metacontrast.signals import StopRequested, StopSignals
+from metacontrast.targets import check_targets
 
 # Config sections a checkpoint must agree on to be resumed or evaluated.
 STRUCTURAL_KEYS = ("encoder", "head", "solver", "loss", "memory", "episode", "views",
@@ -101,6 +104,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def use_deterministic_algorithms(on: bool) -> None:
+    """``trainer.deterministic``: refuse kernels without a deterministic implementation
+    (an error names the operation), no cuDNN autotuning, and the cuBLAS workspace setting
+    deterministic GEMMs need. On the CPU, runs with the same seed and thread count are
+    already bit-identical; the switch matters on GPUs."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.benchmark = not on
+    torch.backends.cudnn.deterministic = on
+
+
 def check_compatible(stored: DictConfig, current: DictConfig, source: Path) -> None:
     """Refuse a checkpoint whose structural config differs, naming the first key."""
     for key in STRUCTURAL_KEYS:
@@ -145,6 +160,7 @@ class Run:
     total_steps: int
     position: Position = attrs.field(factory=Position)
     last_saved_step: int = -1
+    shared_bad_files: dict[int, str] = attrs.field(factory=dict)
     baseline_metrics: dict[str, dict[str, float]] = attrs.field(factory=dict)
 
     @property
@@ -178,12 +194,20 @@ def setup(cfg: DictConfig, plugins: PluginManager | None = None) -> Run:
         if t[key] < 0:
             raise ConfigError(f"trainer.{key}: must be >= 0, got {t[key]}")
     plugins = plugins or PluginManager(autoload=cfg.plugins.autoload, block=cfg.plugins.block)
+    allowed_targets = plugins.allowed_targets()
+    check_targets(cfg, allowed_targets, source="the config")  # before anything is built
 
+    if cfg.data.stream and int(cfg.evaluation.train_subset) <= 0:
+        raise ConfigError("evaluation.train_subset: a streamed dataset (data.stream=true) needs a "
+                          "cap on the labelled train images held in memory for evaluation")
+    use_deterministic_algorithms(bool(t.deterministic))
     seed_everything(int(t.seed))  # every rank builds the same initial weights
-    data = distributed.run_on_main_first(lambda: load_dataset(cfg.data)).to(device)
+    eval_index = lambda n: train_subset_indices(n, int(cfg.evaluation.train_subset), int(t.seed))  # noqa: E731
+    data = distributed.run_on_main_first(lambda: load_dataset(cfg.data, eval_index)).to(device)
     context = BuildContext(in_channels=data.channels, image_size=data.image_size, mean=data.mean,
                            std=data.std, device=device, num_classes=data.num_classes,
-                           rank=world.rank, world_size=world.world_size)
+                           rank=world.rank, world_size=world.world_size,
+                           allowed_targets=allowed_targets)
     components = build_components(cfg, plugins, context)
     model = components.model.to(device)
     components.view_generator.to(device)
@@ -197,7 +221,7 @@ def setup(cfg: DictConfig, plugins: PluginManager | None = None) -> Run:
         model.encoder.compile()
     wrapped = distributed.wrap_ddp(model, device)
 
-    sampler = EpochBatchSampler(data.train_images.shape[0], int(t.batch_size), seed=int(t.seed),
+    sampler = EpochBatchSampler(data.num_train, int(t.batch_size), seed=int(t.seed),
                                 rank=world.rank, world_size=world.world_size)
     steps_per_epoch = sampler.steps_per_epoch // int(t.accumulate)
     if steps_per_epoch == 0:
@@ -275,7 +299,9 @@ def load_resume_checkpoint(run: Run) -> tuple[Path, dict[str, Any]] | None:
 
 def restore(run: Run, path: Path, payload: dict[str, Any]) -> None:
     """Put the run back where checkpoint ``payload`` (read from ``path``) left it."""
-    check_compatible(from_yaml(payload["config"]), run.cfg, path)
+    stored = from_yaml(payload["config"])
+    check_targets(stored, run.plugins.allowed_targets(), source=f"checkpoint {path}")
+    check_compatible(stored, run.cfg, path)
     if payload["world_size"] != run.world.world_size:
         raise ConfigError(f"checkpoint {path} was written by {payload['world_size']} processes, "
                           f"this run has {run.world.world_size}; exact resume needs the same number")
@@ -294,9 +320,12 @@ def restore(run: Run, path: Path, payload: dict[str, Any]) -> None:
 # -- evaluation -----------------------------------------------------------------------
 
 def _eval_train_index(run: Run) -> torch.Tensor:
-    """The fixed train subset used as kNN bank and probe training set."""
-    return train_subset_indices(run.data.train_images.shape[0], int(run.cfg.evaluation.train_subset),
-                                int(run.cfg.trainer.seed))
+    """The fixed train subset used as kNN bank and probe training set (a streamed
+    dataset holds exactly that subset in memory)."""
+    n = int(run.data.train_images.shape[0])
+    if run.data.train_files is not None:
+        return torch.arange(n)
+    return train_subset_indices(n, int(run.cfg.evaluation.train_subset), int(run.cfg.trainer.seed))
 
 
 def evaluate_encoder(run: Run, encoder: torch.nn.Module) -> dict[str, float]:
@@ -417,9 +446,52 @@ def _end_epoch(run: Run, logger: MetricsLogger, terms: LossTerms | None) -> None
     distributed.barrier()
 
 
-def train_steps(run: Run, logger: MetricsLogger) -> None:
+def _epoch_batches(run: Run, stop: int) -> Iterator[tuple[int, Batch]]:
+    """The rest of the current epoch from ``run.position.batch``: ``(batch_index, Batch)``,
+    indexed from memory or decoded by ``data.workers`` loader processes (streamed)."""
+    plan = run.sampler.batches(run.position.epoch, run.position.batch, stop=stop)
+    files = run.data.train_files
+    if files is None:
+        for batch_index, idx in plan:
+            idx = idx.to(run.device)
+            yield batch_index, Batch(images=run.data.train_images[idx], index=idx)
+        return
+    assert run.data.bad_files is not None
+    for batch_index, images, idx in stream_batches(files, list(plan), run.data.bad_files,
+                                                   int(run.cfg.data.workers)):
+        yield batch_index, Batch(images=images.to(run.device), index=idx.to(run.device))
+
+
+def _agree_on_bad_files(run: Run) -> None:
+    """Streamed data: share newly found unreadable files between ranks and apply
+    ``data.max_bad_fraction`` to the union, so every rank fails at the same step."""
+    bad = run.data.bad_files
+    if run.data.train_files is None or bad is None:
+        return
+    shared = run.shared_bad_files
+    new = {i: p for i, p in bad.found.items() if i not in shared}
+    if distributed.any_rank(bool(new), run.device):
+        for found in distributed.all_gather_object(new):
+            shared.update(found)  # type: ignore[arg-type]
+        bad.merge(shared)
+
+
+def _stop_if_requested(run: Run, stop: StopSignals) -> None:
+    """At a step boundary: when any rank got a stop signal, every rank checkpoints here
+    and raises ``StopRequested`` (the same step everywhere: the flag is agreed on)."""
+    signum = distributed.max_over_ranks(stop.requested or 0, run.device)
+    if not signum:
+        return
+    if run.last_saved_step != run.position.step:
+        save_checkpoint(run)
+    raise StopRequested(signum, run.position.step,
+                        checkpoint_path(run.run_dir / "checkpoints", run.position.step))
+
+
+def train_steps(run: Run, logger: MetricsLogger, stop: StopSignals | None = None) -> None:
     """Optimizer steps from ``run.position`` to ``run.total_steps``. Each step takes
-    ``trainer.accumulate`` micro-batches (DDP synchronises gradients on the last only)."""
+    ``trainer.accumulate`` micro-batches (DDP synchronises gradients on the last only).
+    ``stop``: signal flags looked at after every step (see ``metacontrast.signals``)."""
     t = run.cfg.trainer
     step_fn = run.plugins.make_train_step(run.cfg, run.components)
     accumulate, log_every, checkpoint_every = int(t.accumulate), int(t.log_every), int(t.checkpoint_every)
@@ -431,10 +503,8 @@ def train_steps(run: Run, logger: MetricsLogger) -> None:
     step_ok = True
     while pos.step < run.total_steps:
         terms: LossTerms | None = None
-        for batch_index, idx in run.sampler.batches(pos.epoch, pos.batch, stop=batches_per_epoch):
+        for batch_index, batch in _epoch_batches(run, batches_per_epoch):
             pos.batch = batch_index
-            idx = idx.to(run.device)
-            batch = Batch(images=run.data.train_images[idx], index=idx)
             last_micro = (batch_index + 1) % accumulate == 0
             with contextlib.nullcontext() if last_micro or no_sync is None else no_sync():
                 terms = step_fn(batch, StepInputs(generator=run.generator, step=pos.step,
@@ -466,6 +536,9 @@ def train_steps(run: Run, logger: MetricsLogger) -> None:
                 last_log, images_since_log = now, 0
             if checkpoint_every > 0 and pos.step % checkpoint_every == 0:
                 save_checkpoint(run)
+            _agree_on_bad_files(run)
+            if stop is not None:
+                _stop_if_requested(run, stop)
             if pos.step >= run.total_steps:
                 break
         if pos.batch >= batches_per_epoch:  # the epoch ran to its end
@@ -491,9 +564,10 @@ def fit(cfg: DictConfig, plugins: PluginManager | None = None) -> dict[str, Any]
                            initial_step=run.position.step, progress=bool(cfg.trainer.progress),
                            tensorboard=bool(cfg.trainer.tensorboard))
     try:
-        train_steps(run, logger)
-        if run.last_saved_step != run.position.step:
-            save_checkpoint(run)
+        with StopSignals() as stop:
+            train_steps(run, logger, stop)
+            if run.last_saved_step != run.position.step:
+                save_checkpoint(run)
     finally:
         logger.close()
     train_seconds = time.perf_counter() - started
@@ -523,8 +597,8 @@ def describe_run(run: Run, metrics: dict[str, dict[str, float]], seconds: float)
         "device": str(run.device),
         "world_size": run.world.world_size,
         "wall_clock_s": round(seconds, 1),
-        "train_images_for_eval": int(min(cfg.evaluation.train_subset or math.inf,
-                                         run.data.train_images.shape[0])),
+        "train_images_for_eval": int(_eval_train_index(run).shape[0]),
+        "unreadable_files": run.data.unreadable_files,
         "test_images": int(run.data.test_images.shape[0]),
         "protocols": {name: OmegaConf.to_container(cfg.eval[name], resolve=True) for name in cfg.eval},
         "metrics": metrics,
@@ -540,6 +614,8 @@ def evaluate_checkpoint(path: Path, overrides: list[str],
     path = Path(path)
     payload = load_safe(path)
     stored = from_yaml(payload["config"])
+    plugins = plugins or PluginManager(autoload=stored.plugins.autoload, block=stored.plugins.block)
+    check_targets(stored, plugins.allowed_targets(), source=f"checkpoint {path}")
     try:
         cfg = OmegaConf.merge(stored, OmegaConf.from_dotlist(overrides))
     except Exception as err:

@@ -1,6 +1,9 @@
-"""Built-in encoders: ResNet-18/50 (torchvision, optional CIFAR stem) and Conv-4."""
+"""Built-in encoders: ResNet-18/50 (torchvision, optional CIFAR stem), Conv-4, and any
+torchvision classification backbone named by a ``_target_`` node."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import attrs
 import torch
@@ -8,6 +11,7 @@ import torchvision
 from torch import Tensor, nn
 
 from metacontrast.interfaces import BuildContext, Encoder
+from metacontrast.targets import instantiate_checked
 
 
 @attrs.define
@@ -93,3 +97,63 @@ class Conv4(Encoder):
         if self.pool == "avg":
             return f.mean(dim=(2, 3))
         return torch.flatten(f, 1)
+
+
+def _default_backbone() -> dict[str, Any]:
+    return {"_target_": "torchvision.models.resnet34"}
+
+
+@attrs.define
+class TorchvisionConfig:
+    """``model``: a node ``{_target_: torchvision.models.<builder>, <its arguments>}``
+    (checked against the ``_target_`` allowlist before anything is imported). The
+    classifier (its last ``nn.Linear``: ``fc``, ``classifier``, ``head`` or ``heads``) is
+    replaced by the identity."""
+
+    model: dict[str, Any] = attrs.field(factory=_default_backbone)
+
+
+class TorchvisionBackbone(Encoder):
+    """Any torchvision classification model without its classifier:
+    ``(N, 3, H, W) -> (N, out_dim)`` (grey ``(N, 1, H, W)`` is repeated to 3 channels);
+    ``out_dim`` is measured on a blank image."""
+
+    NAME = "torchvision"
+    Config = TorchvisionConfig
+
+    def __init__(self, config: TorchvisionConfig, context: BuildContext) -> None:
+        super().__init__()
+        if context.in_channels not in (1, 3):
+            raise ValueError(f"torchvision backbones take 3-channel (or grey) images, the data "
+                             f"has {context.in_channels} channels")
+        net = instantiate_checked(config.model, context.allowed_targets, key="encoder.model")
+        if not isinstance(net, nn.Module):
+            raise ValueError(f"model: {config.model.get('_target_')} built a {type(net).__name__}, "
+                             f"not a torch.nn.Module")
+        _drop_classifier(net)
+        self.net = net
+        with torch.no_grad():
+            was = net.training
+            net.eval()
+            self.out_dim = int(net(torch.zeros(1, 3, context.image_size, context.image_size)).shape[1])
+            net.train(was)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return self.net(x).flatten(1)
+
+
+def _drop_classifier(net: nn.Module) -> None:
+    """Replace the last ``nn.Linear`` of ``fc``/``classifier``/``head``/``heads`` by the identity."""
+    for name in ("fc", "classifier", "head", "heads"):
+        part = getattr(net, name, None)
+        if isinstance(part, nn.Linear):
+            setattr(net, name, nn.Identity())
+            return
+        if isinstance(part, nn.Sequential):
+            for i in reversed(range(len(part))):
+                if isinstance(part[i], nn.Linear):
+                    part[i] = nn.Identity()
+                    return
+    raise ValueError(f"{type(net).__name__}: no classifier found (fc, classifier, head or heads)")

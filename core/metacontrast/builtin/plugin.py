@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from metacontrast import hookimpl
-from metacontrast.builtin.encoders import Conv4, ResNet18, ResNet50
+from metacontrast.builtin.encoders import Conv4, ResNet18, ResNet50, TorchvisionBackbone
 from metacontrast.builtin.episodes import NWayKShotEpisode, PairsEpisode
 from metacontrast.builtin.evaluators import KNNEvaluator, LinearProbeEvaluator
 from metacontrast.builtin.heads import IdentityHead, MLPHead
@@ -24,7 +24,7 @@ def metacontrast_register_view_generators() -> list[type]:
 
 @hookimpl
 def metacontrast_register_encoders() -> list[type]:
-    return [ResNet18, ResNet50, Conv4]
+    return [ResNet18, ResNet50, Conv4, TorchvisionBackbone]
 
 
 @hookimpl

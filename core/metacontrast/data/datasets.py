@@ -3,6 +3,11 @@
 Adapters: ``digits`` (scikit-learn's bundled 8x8 digits, upsampled; needs no file and no
 network), the torchvision datasets ``cifar10``, ``cifar100``, ``stl10``, ``mnist``,
 ``fashionmnist`` read from ``data.root``, ``imagefolder`` and a generic ``npz``.
+
+``imagefolder`` is decoded by ``data.workers`` loader processes, with the unreadable-file
+policy of ``data.bad_files``; with ``data.stream=true`` its training images are decoded
+batch by batch while training (see ``metacontrast.data.files``) and only the evaluation
+subset is held in memory.
 """
 
 from __future__ import annotations
@@ -17,9 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-class DatasetError(ValueError):
-    """A dataset could not be read; the message names the key or file at fault."""
+from metacontrast.data.files import BadFiles, DatasetError, ImageFiles, decode_all
 
 
 @attrs.frozen(eq=False)
@@ -35,6 +38,18 @@ class ImageData:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    # streamed training set (train_images then hold only the evaluation subset)
+    train_files: ImageFiles | None = None
+    bad_files: BadFiles | None = None
+
+    @property
+    def num_train(self) -> int:
+        """How many images training draws from."""
+        return len(self.train_files) if self.train_files is not None else int(self.train_images.shape[0])
+
+    @property
+    def unreadable_files(self) -> list[str]:
+        return sorted(self.bad_files.found.values()) if self.bad_files is not None else []
 
     def __attrs_post_init__(self) -> None:
         for split in ("train", "test"):
@@ -55,6 +70,7 @@ class ImageData:
         return int(self.train_images.shape[2])
 
     def to(self, device: torch.device) -> ImageData:
+        """The in-memory tensors on ``device`` (streamed files stay files)."""
         return attrs.evolve(self, **{k: getattr(self, k).to(device) for k in
                                      ("train_images", "train_labels", "test_images", "test_labels")})
 
@@ -137,33 +153,53 @@ def _torchvision(cls_name: str, npz_name: str | None = None) -> Callable[[Any], 
     return load
 
 
-def _imagefolder(cfg: Any) -> Arrays:
-    from PIL import Image
+def _folder_split(root: Path, split: str) -> tuple[list[str], list[int], list[str]]:
     from torchvision.datasets import ImageFolder
 
+    if not (root / split).is_dir():
+        raise DatasetError(f"data.root: {root} must hold train/ and test/ class folders; "
+                           f"{root / split} is missing")
+    # ImageFolder lists files by extension only; nothing is decoded here
+    folder = ImageFolder(str(root / split), loader=lambda path: path)
+    return [p for p, _ in folder.samples], list(folder.targets), folder.classes
+
+
+def _first(paths: list[str], labels: list[int], n: int, seed: int) -> tuple[list[str], list[int]]:
+    """A seeded subset of ``n`` files (all when ``n`` is 0), in folder order."""
+    if n <= 0 or n >= len(paths):
+        return paths, labels
+    keep = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return [paths[i] for i in keep], [labels[i] for i in keep]
+
+
+def _load_imagefolder(cfg: Any, eval_train_index: Any) -> ImageData:
+    """``root/train/<class>/*`` and ``root/test/<class>/*`` decoded at ``data.image_size``."""
     root = _require_root(cfg)
     if not cfg.image_size:
         raise DatasetError("data.image_size: imagefolder needs a fixed size, e.g. data.image_size=64")
-    splits = []
-    for split in ("train", "test"):
-        if not (root / split).is_dir():
-            raise DatasetError(f"data.root: {root} must hold train/ and test/ class folders; "
-                               f"{root / split} is missing")
-        folder = ImageFolder(str(root / split))
-        if split == "test" and folder.classes != splits[0][2]:
-            raise DatasetError(f"data.root: {root}/test has classes {folder.classes}, train has "
-                               f"{splits[0][2]}")
-        images = np.empty((len(folder.samples), cfg.image_size, cfg.image_size, 3), np.uint8)
-        for i, (path, _) in enumerate(folder.samples):
-            try:
-                with Image.open(path) as im:
-                    im = im.convert("RGB").resize((cfg.image_size, cfg.image_size),
-                                                  Image.Resampling.BICUBIC)
-                    images[i] = np.asarray(im)
-            except OSError as err:
-                raise DatasetError(f"{path}: not a readable image ({err})") from None
-        splits.append((images, np.asarray(folder.targets, dtype=np.int64), folder.classes))
-    return splits[0][0], splits[0][1], splits[1][0], splits[1][1]
+    train_paths, train_y, classes = _folder_split(root, "train")
+    test_paths, test_y, test_classes = _folder_split(root, "test")
+    if test_classes != classes:
+        raise DatasetError(f"data.root: {root}/test has classes {test_classes}, train has {classes}")
+    train_paths, train_y = _first(train_paths, train_y, cfg.train_subset, cfg.seed)
+    test_paths, test_y = _first(test_paths, test_y, cfg.test_subset, cfg.seed + 1)
+    size, workers = int(cfg.image_size), int(cfg.workers)
+    bad = BadFiles(str(cfg.bad_files), float(cfg.max_bad_fraction), len(train_paths) + len(test_paths))
+    train_files = ImageFiles(train_paths, train_y, size)
+    test_files = ImageFiles(test_paths, test_y, size)
+    if cfg.stream:  # hold only the labelled images evaluation uses
+        index = eval_train_index(len(train_files))
+        subset = ImageFiles([train_paths[i] for i in index], [train_y[i] for i in index], size)
+        train, kept = decode_all(subset, bad, workers)
+        train_labels = subset.labels[kept]
+    else:
+        train, kept = decode_all(train_files, bad, workers)
+        train_labels = train_files.labels[kept]
+    test, test_kept = decode_all(test_files, bad, workers)
+    bad.check()
+    return _finish(cfg, train, train_labels, test, test_files.labels[test_kept],
+                   num_classes=len(classes), train_files=train_files if cfg.stream else None,
+                   bad_files=bad)
 
 
 ADAPTERS: dict[str, Callable[[Any], Arrays]] = {
@@ -173,7 +209,6 @@ ADAPTERS: dict[str, Callable[[Any], Arrays]] = {
     "stl10": _torchvision("STL10"),
     "mnist": _torchvision("MNIST"),
     "fashionmnist": _torchvision("FashionMNIST"),
-    "imagefolder": _imagefolder,
     "npz": _npz,
 }
 DEFAULT_SIZES = {"digits": 32}
@@ -208,12 +243,23 @@ def _subset(x: Tensor, y: Tensor, n: int, seed: int) -> tuple[Tensor, Tensor]:
     return x[keep], y[keep]
 
 
-def load_dataset(cfg: Any) -> ImageData:
-    """Read the dataset that the ``data`` config section names (on the CPU)."""
+def load_dataset(cfg: Any, eval_train_index: Any = None) -> ImageData:
+    """Read the dataset that the ``data`` config section names (on the CPU).
+    ``eval_train_index(n) -> indices``: which of ``n`` train images evaluation uses (only
+    consulted when streaming, to decode just those)."""
+    if cfg.stream and cfg.name != "imagefolder":
+        raise DatasetError(f"data.stream: only imagefolder streams from files; {cfg.name!r} is "
+                           f"held in memory")
+    if cfg.workers < 0:
+        raise DatasetError(f"data.workers: must be >= 0, got {cfg.workers}")
+    if cfg.name == "imagefolder":
+        if cfg.stream and eval_train_index is None:
+            raise DatasetError("data.stream: the caller must say which train images evaluation uses")
+        return _load_imagefolder(cfg, eval_train_index)
     adapter = ADAPTERS.get(str(cfg.name))
     if adapter is None:
         raise DatasetError(f"data.name: unknown dataset {cfg.name!r}; available: "
-                           f"{', '.join(sorted(ADAPTERS))}")
+                           f"{', '.join(sorted([*ADAPTERS, 'imagefolder']))}")
     x_tr, y_tr, x_te, y_te = adapter(cfg)
     size = cfg.image_size or DEFAULT_SIZES.get(str(cfg.name), 0)
     train = _resize(_to_nchw(x_tr, cfg.name, "train"), size)
@@ -222,16 +268,24 @@ def load_dataset(cfg: Any) -> ImageData:
     test_y = torch.as_tensor(np.asarray(y_te, dtype=np.int64))
     train, train_y = _subset(train, train_y, cfg.train_subset, cfg.seed)
     test, test_y = _subset(test, test_y, cfg.test_subset, cfg.seed + 1)
+    num_classes = int(max(train_y.max(), test_y.max())) + 1 if len(train_y) else 0
+    return _finish(cfg, train, train_y, test, test_y, num_classes=num_classes)
+
+
+def _finish(cfg: Any, train: Tensor, train_y: Tensor, test: Tensor, test_y: Tensor, *,
+            num_classes: int, **extra: Any) -> ImageData:
+    """Per-channel statistics (given, or measured on the train images held) -> ImageData."""
     if len(cfg.mean) and len(cfg.std):
         mean, std = tuple(float(m) for m in cfg.mean), tuple(float(s) for s in cfg.std)
         if len(mean) != train.shape[1] or len(std) != train.shape[1]:
             raise DatasetError(f"data.mean/data.std: need {train.shape[1]} values each, got "
                                f"{len(mean)} and {len(std)}")
     else:
+        if train.shape[0] == 0:
+            raise DatasetError(f"{cfg.name}: no readable train images to measure data.mean/data.std on")
         xf = train.float() / 255.0
         mean = tuple(xf.mean(dim=(0, 2, 3)).tolist())
         std = tuple(xf.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
-    num_classes = int(max(train_y.max(), test_y.max())) + 1 if len(train_y) else 0
     return ImageData(name=str(cfg.name), train_images=train, train_labels=train_y,
                      test_images=test, test_labels=test_y, num_classes=num_classes,
-                     mean=mean, std=std)
+                     mean=mean, std=std, **extra)

@@ -1,0 +1,142 @@
+"""Image files decoded by loader worker processes, and what to do with unreadable ones.
+
+``ImageFiles`` decodes one file to a fixed-size uint8 ``(C, S, S)`` tensor. Decoding has no
+randomness (augmentation happens later, on the device, from the trainer's generator), so the
+number of workers never changes what a run computes, and resuming needs only the batch
+sampler's position.
+
+``BadFiles`` is the policy for files that cannot be decoded (a corrupt or truncated image,
+a 0-byte file, a non-image named ``.jpg``): ``strict`` fails naming the file; ``skip`` warns
+once per file, counts it, and fails once more than ``max_fraction`` of the files are bad.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Sequence
+
+import attrs
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+BAD_FILE_MODES = ("strict", "skip")
+
+
+class DatasetError(ValueError):
+    """A dataset could not be read; the message names the key or file at fault."""
+
+
+def decode_image(path: str, size: int) -> np.ndarray:
+    """``path`` -> RGB uint8 ``(size, size, 3)`` (bicubic resize). Raises ``OSError`` for
+    anything PIL cannot fully decode."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()  # decode now: a truncated file fails here, not later
+        im = im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+        return np.array(im)  # a writable copy
+
+
+class ImageFiles(Dataset):
+    """``paths[i]`` decoded to uint8 ``(3, size, size)``. Item ``i`` is
+    ``(image, error)``: ``error`` is ``""`` on success; on failure the image is zeros and
+    ``error`` says why (the caller applies the ``BadFiles`` policy, in the main process)."""
+
+    def __init__(self, paths: Sequence[str], labels: Sequence[int], size: int) -> None:
+        if len(paths) != len(labels):
+            raise DatasetError(f"{len(paths)} files but {len(labels)} labels")
+        self.paths, self.size = list(paths), size
+        self.labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, str]:
+        try:
+            return torch.from_numpy(decode_image(self.paths[i], self.size)).permute(2, 0, 1).contiguous(), ""
+        except Exception as err:
+            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), f"{type(err).__name__}: {err}"
+
+
+@attrs.define
+class BadFiles:
+    """Policy and record of unreadable files among ``total`` (see the module docstring)."""
+
+    mode: str
+    max_fraction: float
+    total: int
+    found: dict[int, str] = attrs.field(factory=dict)  # index -> path
+
+    def __attrs_post_init__(self) -> None:
+        if self.mode not in BAD_FILE_MODES:
+            raise DatasetError(f"data.bad_files: unknown mode {self.mode!r}; available: strict, skip")
+        if not 0.0 <= self.max_fraction <= 1.0:
+            raise DatasetError(f"data.max_bad_fraction: must be in [0, 1], got {self.max_fraction}")
+
+    def report(self, index: int, path: str, error: str) -> None:
+        """One unreadable file: raise (strict) or warn the first time (skip). The fraction
+        is checked by ``check``, at points every rank reaches together."""
+        if self.mode == "strict":
+            raise DatasetError(f"{path}: not a readable image ({error}); set data.bad_files=skip "
+                               f"to leave unreadable files out")
+        if index not in self.found:
+            print(f"warning: skipping unreadable image {path} ({error})", file=sys.stderr, flush=True)
+            self.found[index] = path
+
+    def merge(self, found: dict[int, str]) -> None:
+        """Add what other ranks found (their warnings were theirs to print)."""
+        self.found.update(found)
+        self.check()
+
+    def check(self) -> None:
+        if len(self.found) > self.max_fraction * self.total:
+            raise DatasetError(f"data.max_bad_fraction: {len(self.found)} of {self.total} files are "
+                               f"unreadable, more than {self.max_fraction:g}; first: "
+                               f"{next(iter(self.found.values()))}")
+
+
+def _loader(files: ImageFiles, batches: list[list[int]], workers: int) -> DataLoader:
+    return DataLoader(files, batch_sampler=batches, num_workers=workers,
+                      persistent_workers=False, prefetch_factor=2 if workers > 0 else None)
+
+
+def decode_all(files: ImageFiles, bad: BadFiles, workers: int, chunk: int = 256) -> tuple[Tensor, Tensor]:
+    """Decode every file -> (uint8 ``(N', 3, S, S)``, kept indices ``(N',)``): unreadable
+    files are reported to ``bad`` and (in skip mode) left out."""
+    order = list(range(len(files)))
+    batches = [order[i:i + chunk] for i in range(0, len(order), chunk)]
+    images, kept = [], []
+    for indices, (x, errors) in zip(batches, _loader(files, batches, workers), strict=True):
+        ok = [j for j, e in enumerate(errors) if not e]
+        for j, e in enumerate(errors):
+            if e:
+                bad.report(indices[j], files.paths[indices[j]], e)
+        images.append(x[ok])
+        kept += [indices[j] for j in ok]
+    if not images:
+        return torch.zeros(0, 3, files.size, files.size, dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
+    return torch.cat(images), torch.as_tensor(kept, dtype=torch.long)
+
+
+def stream_batches(files: ImageFiles, plan: list[tuple[int, Tensor]], bad: BadFiles,
+                   workers: int) -> Iterator[tuple[int, Tensor, Tensor]]:
+    """Decode the batches of ``plan`` (``(batch_index, sample indices (B,))``) in
+    ``workers`` processes, in order -> ``(batch_index, uint8 (B, 3, S, S), indices (B,))``.
+    An unreadable file is reported to ``bad`` and its row replaced by the batch's first
+    readable image, so every batch keeps its shape (and DDP ranks stay in step)."""
+    if not plan:
+        return
+    loader = _loader(files, [idx.tolist() for _, idx in plan], workers)
+    for (batch_index, idx), (images, errors) in zip(plan, loader, strict=True):
+        failed = [j for j, e in enumerate(errors) if e]
+        if failed:
+            for j in failed:
+                bad.report(int(idx[j]), files.paths[int(idx[j])], errors[j])
+            good = [j for j, e in enumerate(errors) if not e]
+            if not good:
+                raise DatasetError(f"every image of batch {batch_index} is unreadable, e.g. "
+                                   f"{files.paths[int(idx[0])]}")
+            images[failed] = images[good[0]].clone()
+        yield batch_index, images, idx
