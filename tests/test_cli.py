@@ -44,3 +44,27 @@ def test_plugins_and_usage(capsys):
     assert "builtin  [metacontrast" in out and "kornia  [metacontrast-kornia" in out
     assert main(["bogus"]) == 2
     assert "unknown command 'bogus'" in capsys.readouterr().err
+
+
+def test_a_failed_save_during_training_exits_non_zero_naming_the_path(tmp_path, capsys, monkeypatch):
+    import torch
+
+    run = tmp_path / "run"
+    overrides = [*TINY, f"trainer.run_dir={run}", "trainer.checkpoint_every=1", "trainer.keep_checkpoints=0",
+                 "trainer.max_steps=3", "evaluation.baselines=[]"]
+    real_save, calls = torch.save, []
+
+    def fails_on_the_second_save(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            f.write(b"half a checkpoint")
+            raise OSError(28, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", fails_on_the_second_save)
+    assert main(["train", *overrides]) == 2
+    out = capsys.readouterr()
+    assert f"could not write checkpoint {run}/checkpoints/step-000000002.pt" in out.err
+    assert "No space left on device" in out.err and "saved" not in (out.out + out.err).lower()
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-000000001.pt"]  # no partial file
+    assert not (run / "results.json").exists()
