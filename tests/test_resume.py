@@ -335,3 +335,32 @@ def _skip_for_memories(original):
         return original(self, state_dict, *args, **kwargs)
 
     return load_state_dict
+
+
+def test_rng_streams_and_scaler_round_trip_through_a_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    from metacontrast.checkpoint import restore_rng_state, rng_state
+
+    g = torch.Generator().manual_seed(5)
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    np.random.standard_normal()  # leaves a cached gaussian in numpy's state
+    save_atomic({"format": 1, "rng": rng_state({"augment": g})}, tmp_path / "r.pt")
+    expected = (random.random(), np.random.standard_normal(), torch.rand(2), torch.rand(2, generator=g))
+    random.seed(9), np.random.seed(9), torch.manual_seed(9), g.manual_seed(9)
+    restore_rng_state(load_safe(tmp_path / "r.pt")["rng"], {"augment": g})
+    got = (random.random(), np.random.standard_normal(), torch.rand(2), torch.rand(2, generator=g))
+    assert got[0] == expected[0] and got[1] == expected[1]
+    assert torch.equal(got[2], expected[2]) and torch.equal(got[3], expected[3])
+
+    run = trainer.setup(_cfg(tmp_path / "run"))
+    run.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=7)
+    run.scaler._lazy_init_scale_growth_tracker(torch.device("cpu"))
+    run.scaler.update(new_scale=123.0)
+    path = trainer.save_checkpoint(run)
+    fresh = trainer.setup(_cfg(tmp_path / "run"))
+    fresh.scaler = torch.amp.GradScaler("cpu")
+    trainer.restore(fresh, path, load_safe(path))
+    assert fresh.scaler.get_scale() == 123.0 and fresh.scaler.get_growth_interval() == 7

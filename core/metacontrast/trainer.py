@@ -457,9 +457,11 @@ def _epoch_batches(run: Run, stop: int) -> Iterator[tuple[int, Batch]]:
             yield batch_index, Batch(images=run.data.train_images[idx], index=idx)
         return
     assert run.data.bad_files is not None
+    cuda = run.device.type == "cuda"
     for batch_index, images, idx in stream_batches(files, list(plan), run.data.bad_files,
-                                                   int(run.cfg.data.workers)):
-        yield batch_index, Batch(images=images.to(run.device), index=idx.to(run.device))
+                                                   int(run.cfg.data.workers), pin_memory=cuda):
+        yield batch_index, Batch(images=images.to(run.device, non_blocking=cuda),
+                                 index=idx.to(run.device))
 
 
 def _agree_on_bad_files(run: Run) -> None:

@@ -97,8 +97,9 @@ class BadFiles:
                                f"{next(iter(self.found.values()))}")
 
 
-def _loader(files: ImageFiles, batches: list[list[int]], workers: int) -> DataLoader:
-    return DataLoader(files, batch_sampler=batches, num_workers=workers,
+def _loader(files: ImageFiles, batches: list[list[int]], workers: int,
+            pin_memory: bool = False) -> DataLoader:
+    return DataLoader(files, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory,
                       persistent_workers=False, prefetch_factor=2 if workers > 0 else None)
 
 
@@ -121,14 +122,15 @@ def decode_all(files: ImageFiles, bad: BadFiles, workers: int, chunk: int = 256)
 
 
 def stream_batches(files: ImageFiles, plan: list[tuple[int, Tensor]], bad: BadFiles,
-                   workers: int) -> Iterator[tuple[int, Tensor, Tensor]]:
+                   workers: int, pin_memory: bool = False) -> Iterator[tuple[int, Tensor, Tensor]]:
     """Decode the batches of ``plan`` (``(batch_index, sample indices (B,))``) in
     ``workers`` processes, in order -> ``(batch_index, uint8 (B, 3, S, S), indices (B,))``.
     An unreadable file is reported to ``bad`` and its row replaced by the batch's first
-    readable image, so every batch keeps its shape (and DDP ranks stay in step)."""
+    readable image, so every batch keeps its shape (and DDP ranks stay in step).
+    ``pin_memory``: page-locked batches, for asynchronous copies to a GPU."""
     if not plan:
         return
-    loader = _loader(files, [idx.tolist() for _, idx in plan], workers)
+    loader = _loader(files, [idx.tolist() for _, idx in plan], workers, pin_memory)
     for (batch_index, idx), (images, errors) in zip(plan, loader, strict=True):
         failed = [j for j, e in enumerate(errors) if e]
         if failed:
