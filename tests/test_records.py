@@ -33,7 +33,7 @@ def test_n_way_k_shot_episode_splits_views():
     ep = Episode.n_way_k_shot(_views(b=2, v=3), n_support_views=2)
     assert ep.support.tolist() == [0, 1, 2, 3]
     assert ep.query.tolist() == [4, 5]
-    with pytest.raises(ShapeError, match="n_support_views"):
+    with pytest.raises(ShapeError, match="support_views must be in"):
         Episode.n_way_k_shot(_views(b=2, v=3), n_support_views=3)
 
 

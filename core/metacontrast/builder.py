@@ -17,9 +17,11 @@ from metacontrast.interfaces import (
     Head,
     Memory,
     ViewGenerator,
+    ViewTransform,
 )
 from metacontrast.model import Model
 from metacontrast.plugins import PluginManager
+from metacontrast.teacher import EMATeacher
 
 RESERVED_KEYS = ("name",)
 
@@ -30,6 +32,7 @@ class Components:
     the optional memory, the evaluators by name and the context they were built with."""
 
     view_generator: ViewGenerator
+    view_transforms: list[ViewTransform]
     episode_builder: EpisodeBuilder
     model: Model
     memory: Memory | None
@@ -92,6 +95,18 @@ def _named_map(cfg: DictConfig, key: str) -> dict[str, dict[str, Any]]:
 def build_components(cfg: DictConfig, plugins: PluginManager, context: BuildContext) -> Components:
     """Build every component the config names, encoder first (its D sizes the head)."""
     view_generator = build_one(plugins, "view_generator", "views", _node(cfg, "views"), context)
+    if isinstance(view_generator, ViewTransform):
+        raise ConfigError(f"views.name: {view_generator.NAME!r} transforms views; list it under "
+                          f"view_transforms and choose a view generator for views")
+    transforms = []
+    for name, params in _named_map(cfg, "view_transforms").items():
+        transform = build_one(plugins, "view_generator", f"view_transforms.{name}", {"name": name, **params},
+                              context)
+        if not isinstance(transform, ViewTransform):
+            raise ConfigError(f"view_transforms.{name}: {name!r} is a view generator, not a view "
+                              f"transform; use it as views={name}")
+        transforms.append(transform)
+    transforms.sort(key=lambda t: t.ORDER)
     episode_builder = build_one(plugins, "episode_builder", "episode", _node(cfg, "episode"), context)
     encoder: Encoder = build_one(plugins, "encoder", "encoder", _node(cfg, "encoder"), context)
     context = context.evolve(encoder_dim=encoder.out_dim)
@@ -113,8 +128,16 @@ def build_components(cfg: DictConfig, plugins: PluginManager, context: BuildCont
                   for name, params in _named_map(cfg, "eval").items()}
     if int(cfg.trainer.forward_chunks) < 1:
         raise ConfigError(f"trainer.forward_chunks: must be >= 1, got {cfg.trainer.forward_chunks}")
+    teacher = None
+    if OmegaConf.select(cfg, "teacher") is not None:
+        t = cfg.teacher
+        try:
+            teacher = EMATeacher(encoder, head, float(t.momentum), float(t.final_momentum), str(t.schedule))
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     model = Model(encoder, head, losses, weights, solver=solver,
                   forward_chunks=int(cfg.trainer.forward_chunks),
-                  channels_last=bool(cfg.trainer.channels_last))
-    return Components(view_generator=view_generator, episode_builder=episode_builder, model=model,
-                      memory=memory, evaluators=evaluators, context=context)
+                  channels_last=bool(cfg.trainer.channels_last), teacher=teacher)
+    return Components(view_generator=view_generator, view_transforms=transforms,
+                      episode_builder=episode_builder, model=model, memory=memory,
+                      evaluators=evaluators, context=context)

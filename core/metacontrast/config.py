@@ -141,6 +141,18 @@ class PluginsConfig:
 
 
 @dataclass
+class TeacherConfig:
+    """An EMA copy of encoder and head (BYOL's target network, MoCo's key encoder), updated
+    after every optimizer step: ``teacher = m * teacher + (1 - m) * online``. ``momentum``:
+    m at the first step; ``schedule``: cosine (m rises to ``final_momentum`` along a half
+    cosine over training, as in BYOL) | constant."""
+
+    momentum: float = 0.996
+    final_momentum: float = 1.0
+    schedule: str = "cosine"
+
+
+@dataclass
 class Config:
     """The whole composed config (see ``configs/config.yaml``)."""
 
@@ -151,6 +163,8 @@ class Config:
     encoder: Any = field(default_factory=dict)
     head: Any = field(default_factory=dict)
     solver: Any = None
+    view_transforms: Any = None
+    teacher: Optional[TeacherConfig] = None  # noqa: UP045
     loss: Any = field(default_factory=dict)
     memory: Any = None
     eval: Any = field(default_factory=dict)

@@ -89,6 +89,18 @@ class Head(nn.Module):
     out_dim: int
 
 
+class ViewTransform(ViewGenerator):
+    """Views -> Views, applied after the view generator (task augmentation, mixing,
+    auxiliary copies). Registered like view generators; configured in the name-keyed
+    ``view_transforms`` map and applied in increasing ``ORDER``. All randomness comes from
+    ``generator``."""
+
+    ORDER: ClassVar[int] = 50
+
+    def forward(self, views: Views, generator: torch.Generator) -> Views:  # type: ignore[override]
+        raise NotImplementedError  # pragma: no cover
+
+
 class EpisodeBuilder:
     """Views -> Episode (labels ``(V*B,)``, support ``(S,)``, query ``(Q,)``)."""
 

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from metacontrast.interfaces import Encoder, Head, Loss, Solver
 from metacontrast.records import Embeddings, Episode, LossInputs, LossTerms, Views
+from metacontrast.teacher import EMATeacher
 
 
 class Model(nn.Module):
@@ -21,15 +22,21 @@ class Model(nn.Module):
     ``forward_chunks``: the V views are encoded in this many forward passes (1: all
     ``V * B`` images at once; views of different sizes are always encoded separately).
     ``channels_last``: images enter the encoder in channels-last memory format.
+    ``teacher``: an EMA copy of encoder and head; its projections of the views are
+    ``Embeddings.extras["teacher_z"]`` (no gradient). Auxiliary images of
+    ``Views.extra`` are encoded in their own pass (so they do not change the batch
+    statistics the views see); their projections are ``extras[name]``.
     """
 
     def __init__(self, encoder: Encoder, head: Head, losses: Mapping[str, Loss],
                  weights: Mapping[str, float], solver: Solver | None = None,
-                 forward_chunks: int = 1, channels_last: bool = False) -> None:
+                 forward_chunks: int = 1, channels_last: bool = False,
+                 teacher: EMATeacher | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
         self.solver = solver
+        self.teacher = teacher
         self.losses = nn.ModuleDict(dict(losses))
         self.weights = dict(weights)
         if forward_chunks < 1:
@@ -51,7 +58,21 @@ class Model(nn.Module):
             h = torch.cat([self.encode(c) for c in chunks]) if len(chunks) > 1 else self.encode(chunks[0])
         else:
             h = torch.cat([self.encode(v) for v in views.images])
-        return Embeddings(h=h, z=self.head(h))
+        extras = {name: self.head(self.encode(images)) for name, images in views.extra.items()}
+        if self.teacher is not None:
+            extras["teacher_z"] = torch.cat([self._teacher(v) for v in views.images])
+        return Embeddings(h=h, z=self.head(h), extras=extras)
+
+    def _teacher(self, images: Tensor) -> Tensor:
+        assert self.teacher is not None
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.teacher(images)
+
+    def update_teacher(self, step: int, total_steps: int) -> None:
+        """After optimizer step ``step``: move the teacher (if any) towards encoder and head."""
+        if self.teacher is not None:
+            self.teacher.update(self.encoder, self.head, step, total_steps)
 
     def forward(self, views: Views, episode: Episode) -> tuple[LossTerms, Embeddings]:
         embeddings = self.embed(views)

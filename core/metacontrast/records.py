@@ -57,11 +57,19 @@ class Views:
     ``images``: tuple of V float tensors ``(B, C, H_v, W_v)`` (sizes may differ per view,
     as in multi-crop). ``params``: the random parameters that made them, each tensor with
     leading dims ``(V, B)``. ``index``: dataset index ``(B,)`` of the source images.
+    ``extra``: named auxiliary image batches ``(M, C, H, W)`` encoded alongside the views
+    but not part of the episode (e.g. the rotated copies of a rotation-prediction loss);
+    their embeddings appear in ``Embeddings.extras`` under the same name.
+
+    Conventional params read by episode builders: ``mix_weight (V, B)``, the share of the
+    image's own class in each view-sample (1 when unmixed), and ``mix_partner (V, B)``,
+    the local index of the image mixed in.
     """
 
     images: tuple[Tensor, ...]
     index: Tensor
     params: Mapping[str, Tensor] = attrs.field(factory=dict)
+    extra: Mapping[str, Tensor] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         _check(len(self.images) >= 1, "Views", "needs at least one view")
@@ -73,6 +81,11 @@ class Views:
             _check(p.dim() >= 2 and tuple(p.shape[:2]) == (len(self.images), b), "Views",
                    f"param {name!r} must start with (V={len(self.images)}, B={b}), "
                    f"got {tuple(p.shape)}")
+        for name, x in self.extra.items():
+            _check(x.dim() == 4, "Views", f"extra {name!r} must be (M, C, H, W), got {tuple(x.shape)}")
+
+    def evolve(self, **changes: Any) -> Views:
+        return attrs.evolve(self, **changes)
 
     @property
     def n_views(self) -> int:
@@ -85,12 +98,16 @@ class Views:
 
 @attrs.frozen(eq=False)
 class Episode:
-    """A classification task built from views.
+    """A classification task built from V views of B images on each of W ranks.
 
-    ``labels (V*B,)``: the class of each view-sample, in view-major order (``v * B + b``).
-    ``support (S,)`` and ``query (Q,)``: indices into the V*B view-samples.
-    ``n_way``: number of classes N. ``exclude_self``: a query is never scored against
-    itself (the all-pairs episode of SimCLR, where support and query coincide).
+    Classes are images: the class of view-sample ``v * B + b`` on rank ``r`` is the global
+    image index ``r * B + b``. ``labels (V*B,)`` hold these global class ids, in view-major
+    order. ``support (S,)``, ``query (Q,)``: local indices into the V*B view-samples.
+    ``n_way``: classes of the whole episode (``W * B``), split into ``tasks`` tasks of
+    ``n_way / tasks`` consecutive classes each. ``n_support_views``: m1, views per image
+    in the support (0 for the all-pairs episode, where every view-sample is support and
+    query and ``exclude_self`` holds). ``mix_weight``, ``mix_partner (V*B,)``: the share
+    of a view-sample's own class and the global class mixed into it (``None``: unmixed).
     """
 
     labels: Tensor
@@ -100,6 +117,12 @@ class Episode:
     n_views: int
     batch_size: int
     exclude_self: bool = False
+    n_support_views: int = 0
+    tasks: int = 1
+    rank: int = 0
+    world_size: int = 1
+    mix_weight: Tensor | None = None
+    mix_partner: Tensor | None = None
 
     def __attrs_post_init__(self) -> None:
         n = self.n_views * self.batch_size
@@ -107,32 +130,73 @@ class Episode:
                f"labels must be (V*B,)=({n},), got {tuple(self.labels.shape)}")
         _check(self.support.dim() == 1 and self.query.dim() == 1, "Episode",
                "support and query must be 1-D index tensors")
+        _check(self.tasks >= 1 and self.n_way % self.tasks == 0, "Episode",
+               f"{self.n_way} classes cannot be split into {self.tasks} equal tasks")
+        for name in ("mix_weight", "mix_partner"):
+            t = getattr(self, name)
+            _check(t is None or t.shape == (n,), "Episode", f"{name} must be (V*B,)=({n},)")
+
+    @property
+    def ways_per_task(self) -> int:
+        return self.n_way // self.tasks
+
+    @classmethod
+    def from_views(cls, views: Views, n_support_views: int = 0, tasks: int = 1, rank: int = 0,
+                   world_size: int = 1) -> Episode:
+        """The episode of ``views``: ``n_support_views`` = 0 gives the all-pairs episode,
+        otherwise the first m1 views of each image are its support and the rest its
+        queries. Mixing recorded in ``views.params`` becomes ``mix_weight``/``mix_partner``."""
+        b, v = views.batch_size, views.n_views
+        device = views.index.device
+        if n_support_views and not 0 < n_support_views < v:
+            raise ShapeError(f"Episode: support_views must be in [1, {v - 1}] for {v} views, "
+                             f"got {n_support_views}")
+        offset = rank * b
+        labels = (torch.arange(b, device=device) + offset).repeat(v)
+        every = torch.arange(v * b, device=device)
+        if n_support_views:
+            support, query = every[:n_support_views * b], every[n_support_views * b:]
+        else:
+            support = query = every
+        weight = partner = None
+        if "mix_weight" in views.params:
+            weight = views.params["mix_weight"].reshape(v * b).float()
+            partner = views.params["mix_partner"].reshape(v * b).long() + offset
+            mixed_views = (views.params["mix_weight"] < 1).any(dim=1).nonzero().flatten().tolist()
+            if n_support_views and any(m < n_support_views for m in mixed_views):
+                raise ShapeError(f"Episode: mixed view(s) {mixed_views} fall in the support (the first "
+                                 f"{n_support_views} views); mix a query view")
+        return cls(labels=labels, support=support, query=query, n_way=b * world_size, n_views=v,
+                   batch_size=b, exclude_self=not n_support_views, n_support_views=n_support_views,
+                   tasks=tasks, rank=rank, world_size=world_size, mix_weight=weight,
+                   mix_partner=partner)
 
     @classmethod
     def pairs(cls, views: Views) -> Episode:
         """SimCLR's all-pairs episode: B-way, each image its own class, every view both
         support and query, scored against all other V*B - 1 view-samples."""
-        b, v = views.batch_size, views.n_views
-        device = views.index.device
-        labels = torch.arange(b, device=device).repeat(v)
-        every = torch.arange(v * b, device=device)
-        return cls(labels=labels, support=every, query=every, n_way=b, n_views=v,
-                   batch_size=b, exclude_self=True)
+        return cls.from_views(views)
 
     @classmethod
     def n_way_k_shot(cls, views: Views, n_support_views: int) -> Episode:
         """B-way episode: the first ``n_support_views`` views of each image are its
         support (K = n_support_views shots), the remaining views its queries."""
-        b, v = views.batch_size, views.n_views
-        if not 0 < n_support_views < v:
-            raise ShapeError(f"Episode.n_way_k_shot: n_support_views must be in [1, {v - 1}] "
-                             f"for {v} views, got {n_support_views}")
-        device = views.index.device
-        labels = torch.arange(b, device=device).repeat(v)
-        support = torch.arange(n_support_views * b, device=device)
-        query = torch.arange(n_support_views * b, v * b, device=device)
-        return cls(labels=labels, support=support, query=query, n_way=b, n_views=v,
-                   batch_size=b)
+        if n_support_views < 1:
+            raise ShapeError(f"Episode.n_way_k_shot: n_support_views must be in [1, {views.n_views - 1}] "
+                             f"for {views.n_views} views, got {n_support_views}")
+        return cls.from_views(views, n_support_views)
+
+    def class_targets(self, rows: Tensor | None = None) -> Tensor:
+        """Soft class targets ``(R, n_way)`` of the view-samples ``rows`` (all V*B by
+        default): one-hot on the own class, split with the mixed-in class when mixed."""
+        rows = torch.arange(self.labels.shape[0], device=self.labels.device) if rows is None else rows
+        own = self.labels[rows]
+        out = torch.zeros(rows.shape[0], self.n_way, device=own.device)
+        if self.mix_weight is None or self.mix_partner is None:
+            return out.scatter_(1, own[:, None], 1.0)
+        w = self.mix_weight[rows]
+        out.scatter_add_(1, own[:, None], w[:, None])
+        return out.scatter_add_(1, self.mix_partner[rows][:, None], (1 - w)[:, None])
 
 
 @attrs.frozen(eq=False)

@@ -522,6 +522,7 @@ def train_steps(run: Run, logger: MetricsLogger, stop: StopSignals | None = None
             step_ok = step_ok and (run.scaler is not None or _gradients_are_finite(run))
             if step_ok:
                 _optimizer_step(run)
+                run.model.update_teacher(pos.step, run.total_steps)
                 step_fn.on_optimizer_step()
                 pos.consecutive_skips = 0
             else:

@@ -52,7 +52,7 @@ def metacontrast_on_step_end(state: Any) -> None:
 
 class RecordingStep(DefaultTrainStep):
     def __init__(self, inner: DefaultTrainStep, out: Path) -> None:
-        super().__init__(inner.view_generator, inner.episode_builder)
+        super().__init__(inner.view_generator, inner.episode_builder, inner.view_transforms)
         self.out = out
 
     def __call__(self, batch: Any, ctx: Any) -> Any:
@@ -72,7 +72,8 @@ def metacontrast_make_train_step(config: Any, components: Any) -> Any:
     if not out:
         return None
     Path(out).mkdir(parents=True, exist_ok=True)
-    return RecordingStep(DefaultTrainStep(components.view_generator, components.episode_builder), Path(out))
+    inner = DefaultTrainStep(components.view_generator, components.episode_builder, components.view_transforms)
+    return RecordingStep(inner, Path(out))
 
 
 if os.environ.get("FAULT_NO_RESTORE") == "rng":

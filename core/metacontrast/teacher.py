@@ -1,0 +1,57 @@
+"""An exponential-moving-average teacher: BYOL's target network, MoCo's key encoder.
+
+The teacher is a frozen copy of the encoder and head. After each optimizer step its
+parameters move towards the online ones, ``t <- m * t + (1 - m) * o``, with ``m`` from a
+schedule over training (BYOL: ``m = 1 - (1 - m0) * (cos(pi * k / K) + 1) / 2``). Its
+buffers (BatchNorm statistics) are its own, updated by its forward in training mode. It is
+a submodule of ``Model``, so checkpoints hold it and resume restores it exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import Tensor, nn
+
+SCHEDULES = ("cosine", "constant")
+
+
+class EMATeacher(nn.Module):
+    """``forward(images (N, C, H, W)) -> z (N, D_z)`` without gradient."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, momentum: float, final_momentum: float = 1.0,
+                 schedule: str = "cosine") -> None:
+        super().__init__()
+        if not 0.0 <= momentum <= 1.0 or not 0.0 <= final_momentum <= 1.0:
+            raise ValueError(f"teacher.momentum and teacher.final_momentum must be in [0, 1], got "
+                             f"{momentum} and {final_momentum}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"teacher.schedule: unknown schedule {schedule!r}; available: cosine, constant")
+        self.encoder = copy.deepcopy(encoder)
+        self.head = copy.deepcopy(head)
+        self.requires_grad_(False)
+        self.momentum, self.final_momentum, self.schedule = momentum, final_momentum, schedule
+
+    def momentum_at(self, step: int, total_steps: int) -> float:
+        """m after optimizer step ``step`` (0-based) of ``total_steps``."""
+        if self.schedule == "constant" or total_steps <= 1:
+            return self.momentum
+        progress = min(step / (total_steps - 1), 1.0)
+        gap = self.final_momentum - self.momentum
+        return self.final_momentum - gap * (math.cos(math.pi * progress) + 1) / 2
+
+    @torch.no_grad()
+    def update(self, encoder: nn.Module, head: nn.Module, step: int, total_steps: int) -> None:
+        """Move every teacher parameter towards its online twin (same module structure)."""
+        m = self.momentum_at(step, total_steps)
+        teacher = [*self.encoder.parameters(), *self.head.parameters()]
+        online = [*encoder.parameters(), *head.parameters()]
+        if len(teacher) != len(online):
+            raise RuntimeError("teacher and online networks have different parameter lists")
+        torch._foreach_lerp_(teacher, [o.detach() for o in online], 1.0 - m)
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.encoder(images))
