@@ -22,7 +22,22 @@ NEEDS_FILES = {"cifar100", "stl10", "mnist", "fashionmnist"}  # torchvision layo
 
 def _options() -> list[tuple[str, str]]:
     root = config_dir()
-    return sorted((d.name, f.stem) for d in root.iterdir() if d.is_dir() for f in d.glob("*.yaml"))
+    return sorted((d.name, str(f.relative_to(d).with_suffix(""))) for d in root.iterdir() if d.is_dir()
+                  for f in d.rglob("*.yaml"))
+
+
+# groups outside the primary defaults list are added with '+'
+ADDED_GROUPS = {"task_aug", "aux", "mix"}
+# what an option needs from the rest of the config to run
+NEEDS = {
+    ("solver", "protonet"): ["episode=n_way_k_shot", "loss=[query_ce]"],
+    ("solver", "ridge"): ["episode=n_way_k_shot", "loss=[query_ce]"],
+    ("solver", "svm"): ["episode=n_way_k_shot", "loss=[query_ce]"],
+    ("solver", "all_pairs"): ["loss=[query_ce]"],
+    ("loss", "query_ce"): ["solver=protonet", "episode=n_way_k_shot"],
+    ("loss", "byol"): ["method=byol"],
+    ("mix", "unmix"): ["solver=all_pairs", "loss=[query_ce]"],  # soft targets: not nt_xent
+}
 
 
 def _synthetic_npz(path: Path, n_train=64, n_test=32, size=32) -> Path:
@@ -66,9 +81,12 @@ def test_config_composes_and_runs_two_steps(group, option, tmp_path):
             fit(cfg)
         return
     extra = [f"{group}={option}" if group not in ("loss", "eval") else f"{group}=[{option}]"]
+    if group in ADDED_GROUPS:
+        extra = [f"+{group}={option}"]
+    extra += NEEDS.get((group, option), [])
     if group == "data":
         extra += _data_overrides(option, tmp_path)
-    if group == "experiment" and option.startswith("cifar10"):
+    if group == "experiment" and (option.startswith("cifar10") or option.startswith("table6")):
         extra += _data_overrides("cifar10", tmp_path)
     if group == "encoder" and option.startswith("resnet50"):
         extra += ["trainer.batch_size=4"]
@@ -131,3 +149,28 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(args, expected, tmp_path, 
     assert err.startswith("metacontrast: error:") and "\n" not in err
     assert expected in err
     assert not run_dir.exists()
+
+
+METHODS = ["simclr", "protonet", "r2d2", "svm", "byol"]
+VARIANTS = {"baseline": [], "ta": ["+task_aug=rotation"], "llr": ["+aux=rotation_loss"], "mix": ["+mix=unmix"],
+            "mix_llr": ["+mix=unmix", "+aux=rotation_loss"]}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_composes_with_every_augmentation(method, variant, tmp_path):
+    run_dir = tmp_path / "run"
+    simclr_with_soft_targets = ["solver=all_pairs", "loss=[query_ce]"] if method == "simclr" and "mix" in variant else []
+    cfg = compose_config([*TINY, f"method={method}", *VARIANTS[variant], *simclr_with_soft_targets,
+                          f"trainer.run_dir={run_dir}",
+                          "evaluation.baselines=[]", "head.hidden_dim=32", "head.out_dim=16"])
+    results = fit(cfg)
+    assert results["steps"] == 2
+    rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    names = {k for k in rows[-1] if k.startswith("loss/")}
+    want = {"loss/byol"} if method == "byol" else {"loss/query_ce"}
+    if method == "simclr" and not simclr_with_soft_targets:
+        want = {"loss/nt_xent"}
+    if "llr" in variant:
+        want.add("loss/rotation")
+    assert names == want and all(np.isfinite(rows[-1][n]) for n in names)

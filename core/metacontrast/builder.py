@@ -89,7 +89,8 @@ def _named_map(cfg: DictConfig, key: str) -> dict[str, dict[str, Any]]:
     for name, params in container.items():
         if params is not None and not isinstance(params, dict):
             raise ConfigError(f"{key}.{name}: must be a mapping of settings, got {params!r}")
-    return {str(k): dict(v or {}) for k, v in container.items()}
+    # an entry set to null is switched off (e.g. loss.nt_xent=null)
+    return {str(k): dict(v) for k, v in container.items() if v is not None}
 
 
 def build_components(cfg: DictConfig, plugins: PluginManager, context: BuildContext) -> Components:

@@ -162,6 +162,9 @@ class Episode:
         if "mix_weight" in views.params:
             weight = views.params["mix_weight"].reshape(v * b).float()
             partner = views.params["mix_partner"].reshape(v * b).long() + offset
+            if tasks > 1:
+                raise ShapeError("Episode: mixing pairs images across the whole batch; it needs "
+                                 "episode.tasks=1")
             mixed_views = (views.params["mix_weight"] < 1).any(dim=1).nonzero().flatten().tolist()
             if n_support_views and any(m < n_support_views for m in mixed_views):
                 raise ShapeError(f"Episode: mixed view(s) {mixed_views} fall in the support (the first "

@@ -72,5 +72,9 @@ class NTXentLoss(Loss):
         ep = inputs.episode
         if ep.n_views != 2:
             raise ShapeError(f"nt_xent needs exactly 2 views per image, the episode has {ep.n_views}")
+        if ep.mix_weight is not None:
+            raise ShapeError("nt_xent has one positive per view and no soft targets for mixed views; for "
+                             "SimCLR with mixing use solver=all_pairs loss=[query_ce] (the same loss, "
+                             "with soft targets)")
         emb = inputs.embeddings
         return nt_xent(emb.view(0, 2), emb.view(1, 2), self.temperature, gather=self.gather)

@@ -1,0 +1,230 @@
+"""Inner-loop solvers: fit a classifier on each task's support, score the queries.
+
+- ``protonet``: class prototypes (mean of the support), scores ``-||q - p||^2 / T`` or
+  cosine ``/ T`` (Snell et al., 2017).
+- ``ridge`` (R2-D2, Bertinetto et al., 2019): closed-form ridge regression of one-hot
+  targets, ``W = (X^T X + lam I)^-1 X^T Y``, solved in the smaller of the feature space
+  (D x D) and the sample space (S x S, through the Woodbury identity
+  ``W = X^T (X X^T + lam I)^-1 Y``); scores ``alpha * q W + beta`` with learnable scale
+  and bias.
+- ``svm``: see ``metacontrast_metassl.svm``.
+- ``all_pairs``: SimCLR's episode as a solver: every view-sample scored by cosine / T
+  against every other one of all ranks; with ``query_ce`` it is NT-Xent.
+
+Each returns ``Logits`` whose ``targets`` are class indices, or soft rows when views
+were mixed. Solvers run in float32 (autocast off): the closed forms need it.
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metacontrast import distributed
+from metacontrast.interfaces import BuildContext, Solver
+from metacontrast.records import Embeddings, Episode, Logits, ShapeError
+from metacontrast_metassl.tasks import Tasks, gather_views, split_tasks, targets_for_loss
+
+DISTANCES = ("euclidean", "cosine")
+
+
+def _positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def prototypes(tasks: Tasks) -> Tensor:
+    """Mean support embedding of each class: ``(n, N_t, D)``."""
+    n, s, d = tasks.support.shape
+    ways = tasks.support_targets.shape[2]
+    return tasks.support.view(n, s // ways, ways, d).mean(dim=1)
+
+
+def prototype_scores(query: Tensor, protos: Tensor, distance: str) -> Tensor:
+    """``query (Q, D)`` against its task's prototypes ``protos (Q, N, D)`` -> ``(Q, N)``:
+    negative squared Euclidean distance, or cosine similarity."""
+    if distance == "cosine":
+        return torch.einsum("qd,qnd->qn", F.normalize(query, dim=-1), F.normalize(protos, dim=-1))
+    cross = torch.einsum("qd,qnd->qn", query, protos)
+    return -(query.pow(2).sum(-1, keepdim=True) - 2 * cross + protos.pow(2).sum(-1))
+
+
+@attrs.define
+class ProtoNetConfig:
+    """``distance``: euclidean (squared) | cosine. ``temperature``: scores are divided by
+    it. ``normalize``: L2-normalise embeddings first (then squared Euclidean / 1.0 ranks
+    like cosine / 0.5)."""
+
+    distance: str = "euclidean"
+    temperature: float = 1.0
+    normalize: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if self.distance not in DISTANCES:
+            raise ValueError(f"distance must be one of {', '.join(DISTANCES)}, got {self.distance!r}")
+        _positive("temperature", self.temperature)
+
+
+class ProtoNetSolver(Solver):
+    NAME = "protonet"
+    Config = ProtoNetConfig
+
+    def __init__(self, config: ProtoNetConfig, context: BuildContext) -> None:
+        super().__init__()
+        self.config = config
+
+    def forward(self, embeddings: Embeddings, episode: Episode) -> Logits:
+        with torch.autocast(embeddings.z.device.type, enabled=False):
+            z = embeddings.z.float()
+            if self.config.normalize:
+                z = F.normalize(z, dim=-1)
+            tasks = split_tasks(z, episode)
+            protos = prototypes(tasks)[tasks.query_task]
+            scores = prototype_scores(tasks.query, protos, self.config.distance) / self.config.temperature
+        return Logits(scores=scores, targets=targets_for_loss(tasks.query_targets, episode))
+
+
+def ridge_weights(x: Tensor, y: Tensor, lam: float, space: str = "auto") -> Tensor:
+    """Ridge regression ``min_W ||X W - Y||^2 + lam ||W||^2`` per task.
+
+    ``x (n, S, D)``, ``y (n, S, N)`` -> ``W (n, D, N)``. ``space``: ``primal`` solves the
+    D x D system ``(X^T X + lam I) W = X^T Y``; ``dual`` the S x S one,
+    ``W = X^T (X X^T + lam I)^-1 Y`` (Woodbury); ``auto`` picks the smaller."""
+    s, d = x.shape[1], x.shape[2]
+    if space == "auto":
+        space = "dual" if s <= d else "primal"
+    xt = x.transpose(1, 2)
+    if space == "dual":
+        gram = x @ xt + lam * torch.eye(s, device=x.device, dtype=x.dtype)
+        return xt @ torch.cholesky_solve(y, torch.linalg.cholesky(gram))
+    if space == "primal":
+        gram = xt @ x + lam * torch.eye(d, device=x.device, dtype=x.dtype)
+        return torch.cholesky_solve(xt @ y, torch.linalg.cholesky(gram))
+    raise ValueError(f"space must be auto, primal or dual, got {space!r}")
+
+
+@attrs.define
+class RidgeConfig:
+    """``lam``: ridge penalty (50 as in R2-D2/MetaOptNet). ``scale_init``/``learn_scale``:
+    the output scale alpha (and bias beta, initialised at 0). ``normalize``: L2-normalise
+    embeddings first. ``space``: auto | primal | dual (see ``ridge_weights``)."""
+
+    lam: float = 50.0
+    scale_init: float = 1.0
+    learn_scale: bool = True
+    normalize: bool = False
+    space: str = "auto"
+
+    def __attrs_post_init__(self) -> None:
+        _positive("lam", self.lam)
+        if self.space not in ("auto", "primal", "dual"):
+            raise ValueError(f"space must be auto, primal or dual, got {self.space!r}")
+
+
+class _ScaledSolver(Solver):
+    """A solver with the learnable output scale and bias of R2-D2."""
+
+    def __init__(self, scale_init: float, learn: bool) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(scale_init)), requires_grad=learn)
+        self.bias = nn.Parameter(torch.tensor(0.0), requires_grad=learn)
+
+
+class RidgeSolver(_ScaledSolver):
+    NAME = "ridge"
+    Config = RidgeConfig
+
+    def __init__(self, config: RidgeConfig, context: BuildContext) -> None:
+        super().__init__(config.scale_init, config.learn_scale)
+        self.config = config
+
+    def forward(self, embeddings: Embeddings, episode: Episode) -> Logits:
+        with torch.autocast(embeddings.z.device.type, enabled=False):
+            z = embeddings.z.float()
+            if self.config.normalize:
+                z = F.normalize(z, dim=-1)
+            tasks = split_tasks(z, episode)
+            w = ridge_weights(tasks.support, tasks.support_targets, self.config.lam, self.config.space)
+            scores = torch.einsum("qd,qdn->qn", tasks.query, w[tasks.query_task])
+            scores = self.scale * scores + self.bias
+        return Logits(scores=scores, targets=targets_for_loss(tasks.query_targets, episode))
+
+
+@attrs.define
+class AllPairsConfig:
+    """``temperature``: tau of the cosine similarities (SimCLR: 0.5 on CIFAR-10)."""
+
+    temperature: float = 0.5
+
+    def __attrs_post_init__(self) -> None:
+        _positive("temperature", self.temperature)
+
+
+def _global_mix(episode: Episode) -> tuple[Tensor, Tensor] | None:
+    """``mix_weight``, ``mix_partner`` of every rank's view-samples, ``(V * G,)`` view-major."""
+    if episode.mix_weight is None or episode.mix_partner is None:
+        return None
+    v = episode.n_views
+    out = []
+    for t in (episode.mix_weight, episode.mix_partner):
+        tv = t.view(v, -1)
+        if episode.world_size > 1:
+            tv = distributed.gather_no_grad(tv.T.contiguous()).T
+        out.append(tv.reshape(-1))
+    return out[0], out[1]
+
+
+def cross_view_targets(episode: Episode, candidate_classes: Tensor,
+                       candidate_mix: tuple[Tensor, Tensor] | None, n_candidates_per_view: int) -> Tensor:
+    """For each local view-sample (anchor), a distribution over candidates: proportional
+    to the overlap of their class targets, counting only candidates of other views.
+    Unmixed, this is the uniform distribution over the other views of the same image
+    (SimCLR's positive for V = 2). ``(V*B, V*G)``."""
+    anchors = episode.class_targets()  # (V*B, G)
+    g = episode.n_way
+    cand = torch.zeros(candidate_classes.shape[0], g, device=anchors.device)
+    if candidate_mix is None:
+        cand.scatter_(1, candidate_classes[:, None], 1.0)
+    else:
+        w, partner = candidate_mix
+        cand.scatter_add_(1, candidate_classes[:, None], w[:, None])
+        cand.scatter_add_(1, partner[:, None], (1 - w)[:, None])
+    overlap = anchors @ cand.T
+    v = episode.n_views
+    anchor_view = torch.arange(v, device=anchors.device).repeat_interleave(episode.batch_size)
+    cand_view = torch.arange(v, device=anchors.device).repeat_interleave(n_candidates_per_view)
+    overlap = overlap.masked_fill(anchor_view[:, None] == cand_view[None, :], 0.0)
+    return overlap / overlap.sum(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+class AllPairsSolver(Solver):
+    """Scores ``(V*B, V*G)``: every local view-sample against every view-sample of all
+    ranks (itself masked out), cosine / T."""
+
+    NAME = "all_pairs"
+    Config = AllPairsConfig
+
+    def __init__(self, config: AllPairsConfig, context: BuildContext) -> None:
+        super().__init__()
+        self.config = config
+
+    def forward(self, embeddings: Embeddings, episode: Episode) -> Logits:
+        if not episode.exclude_self:
+            raise ShapeError("all_pairs needs the all-pairs episode (episode=pairs)")
+        with torch.autocast(embeddings.z.device.type, enabled=False):
+            z = F.normalize(embeddings.z.float(), dim=-1)
+            v, b = episode.n_views, episode.batch_size
+            candidates = gather_views(z, v, episode.world_size > 1)  # (V, G, D)
+            g = candidates.shape[1]
+            scores = z @ candidates.reshape(v * g, -1).T / self.config.temperature
+            own = torch.arange(b, device=z.device) + episode.rank * b
+            self_index = (torch.arange(v, device=z.device)[:, None] * g + own[None, :]).reshape(-1)
+            scores = scores.masked_fill(F.one_hot(self_index, v * g).bool(), torch.finfo(scores.dtype).min)
+            if episode.mix_weight is None and v == 2:  # the single positive: the other view
+                targets = (self_index + g) % (2 * g)
+            else:
+                classes = torch.arange(g, device=z.device).repeat(v)
+                targets = cross_view_targets(episode, classes, _global_mix(episode), g)
+        return Logits(scores=scores, targets=targets)

@@ -1,0 +1,69 @@
+"""An episode's embeddings arranged as tasks: supports of every rank, local queries.
+
+Layout (see ``metacontrast.records.Episode``): view-sample ``v * B + b`` of rank ``r`` is
+of class ``g = r * B + b`` among ``G = W * B`` classes, split into ``n`` tasks of
+``N_t = G / n`` consecutive classes. Supports (the first m1 views) are gathered from all
+ranks with gradient, so every rank fits the same task; each rank scores only its own
+queries, and DDP's gradient averaging makes the sum the loss of the whole episode.
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+from torch import Tensor
+
+from metacontrast import distributed
+from metacontrast.records import Episode, ShapeError
+
+
+@attrs.frozen(eq=False)
+class Tasks:
+    """``support (n, m1 * N_t, D)`` ordered shot-major (index ``j * N_t + c``) with
+    one-hot ``support_targets (n, m1 * N_t, N_t)``; local ``query (Q, D)`` with its
+    ``query_task (Q,)`` and soft ``query_targets (Q, N_t)``."""
+
+    support: Tensor
+    support_targets: Tensor
+    query: Tensor
+    query_task: Tensor
+    query_targets: Tensor
+
+    @property
+    def shots(self) -> int:
+        return self.support.shape[1] // self.support_targets.shape[2]
+
+
+def gather_views(z: Tensor, n_views: int, spans_ranks: bool) -> Tensor:
+    """Local ``z (V*B, D)`` (view-major) -> ``(V, W*B, D)`` with every rank's images, rank-major
+    within each view; gradients reach each rank's own rows."""
+    zv = z.view(n_views, -1, z.shape[-1])
+    if not spans_ranks:
+        return zv
+    return distributed.gather_with_grad(zv.transpose(0, 1).contiguous()).transpose(0, 1)
+
+
+def split_tasks(z: Tensor, episode: Episode) -> Tasks:
+    """Arrange ``z (V*B, D)`` (float32) as the episode's tasks (support/query episodes only)."""
+    m1 = episode.n_support_views
+    if m1 < 1:
+        raise ShapeError("this solver needs support and query views: use episode=n_way_k_shot with "
+                         "support_views >= 1 (the all-pairs episode has no separate query)")
+    d = z.shape[-1]
+    support = gather_views(z, episode.n_views, episode.world_size > 1)[:m1]  # (m1, G, D)
+    n, ways = episode.tasks, episode.ways_per_task
+    support = support.reshape(m1, n, ways, d).permute(1, 0, 2, 3).reshape(n, m1 * ways, d)
+    eye = torch.eye(ways, device=z.device, dtype=z.dtype)
+    support_targets = eye.repeat(m1, 1).expand(n, m1 * ways, ways)
+    rows = episode.query
+    task = episode.labels[rows] // ways
+    targets = episode.class_targets(rows)  # (Q, G); mixing stays within a task (see Episode)
+    cols = task[:, None] * ways + torch.arange(ways, device=z.device)
+    return Tasks(support=support, support_targets=support_targets, query=z[rows], query_task=task,
+                 query_targets=targets.gather(1, cols))
+
+
+def targets_for_loss(targets: Tensor, episode: Episode) -> Tensor:
+    """Class indices ``(Q,)`` for an unmixed episode (exact, and cheaper for the loss), the
+    soft rows ``(Q, N)`` otherwise. Decided from the episode, without a device sync."""
+    return targets if episode.mix_weight is not None else targets.argmax(dim=1)
