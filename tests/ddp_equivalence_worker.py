@@ -2,7 +2,9 @@
 
 Usage: torchrun --standalone --nproc_per_node=W tests/ddp_equivalence_worker.py OUT_DIR
 With W = 1 (or no torchrun) the process takes the whole batch. NT_XENT_GATHER=0 turns
-off the cross-rank negatives (the negative control). Writes OUT_DIR/rank<r>.pt
+off the cross-rank negatives (the negative control). METHOD=protonet|ridge|svm uses that
+solver with query cross-entropy on a 1-shot episode spanning the ranks (SPAN=0: each
+rank its own task, the negative control). Writes OUT_DIR/rank<r>.pt
 with the mean loss and every parameter gradient after DDP's averaging.
 """
 
@@ -32,8 +34,19 @@ def main(out_dir: Path) -> None:
     encoder = Conv4(Conv4Config(hidden=8), ctx)
     head = MLPHead(MLPConfig(hidden_dim=16, out_dim=8), ctx.evolve(encoder_dim=encoder.out_dim))
     gather = os.environ.get("NT_XENT_GATHER", "1") == "1"
-    loss = NTXentLoss(NTXentConfig(temperature=0.3, gather=gather), ctx)
-    model = Model(encoder, head, {"nt_xent": loss}, {"nt_xent": 1.0})
+    method = os.environ.get("METHOD", "simclr")
+    if method == "simclr":
+        loss = NTXentLoss(NTXentConfig(temperature=0.3, gather=gather), ctx)
+        model = Model(encoder, head, {"nt_xent": loss}, {"nt_xent": 1.0})
+    else:
+        from metacontrast_metassl.losses import QueryCELoss
+        from metacontrast_metassl.solvers import ProtoNetConfig, ProtoNetSolver, RidgeConfig, RidgeSolver
+        from metacontrast_metassl.svm import SVMConfig, SVMSolver
+
+        solver = {"protonet": lambda: ProtoNetSolver(ProtoNetConfig(), ctx),
+                  "ridge": lambda: RidgeSolver(RidgeConfig(lam=1.0), ctx),
+                  "svm": lambda: SVMSolver(SVMConfig(c=1.0, iterations=10), ctx)}[method]()
+        model = Model(encoder, head, {"query_ce": QueryCELoss(None, ctx)}, {"query_ce": 1.0}, solver=solver)
     if world.distributed:
         model = distributed.convert_sync_batchnorm(model, "cpu")
     wrapped = distributed.wrap_ddp(model, torch.device("cpu"))
@@ -42,7 +55,13 @@ def main(out_dir: Path) -> None:
     b = GLOBAL_BATCH // world.world_size
     mine = slice(world.rank * b, (world.rank + 1) * b)
     views = Views(images=(all_views[0, mine], all_views[1, mine]), index=torch.arange(GLOBAL_BATCH)[mine])
-    terms, _ = wrapped(views, Episode.pairs(views))
+    if method == "simclr":
+        episode = Episode.pairs(views)
+    else:
+        span = os.environ.get("SPAN", "1") == "1"
+        episode = Episode.from_views(views, 1, rank=world.rank if span else 0,
+                                     world_size=world.world_size if span else 1)
+    terms, _ = wrapped(views, episode)
     terms.total.backward()
     mean_loss = distributed.all_reduce_mean(terms.total.detach())
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}

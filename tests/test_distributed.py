@@ -16,8 +16,9 @@ from metacontrast.distributed import GlobalBatchNorm, convert_sync_batchnorm
 WORKER = Path(__file__).with_name("ddp_equivalence_worker.py")
 
 
-def _run(world: int, out: Path, gather: bool = True) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "NT_XENT_GATHER": "1" if gather else "0"}
+def _run(world: int, out: Path, gather: bool = True, method: str = "simclr", span: bool = True) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NT_XENT_GATHER": "1" if gather else "0",
+           "METHOD": method, "SPAN": "1" if span else "0"}
     if world == 1:
         cmd = [sys.executable, str(WORKER), str(out)]
     else:
@@ -43,6 +44,23 @@ def test_two_gloo_processes_match_one_process(tmp_path):
             torch.testing.assert_close(r["running_mean"][name], m, rtol=1e-4, atol=1e-6, msg=name)
     # negative control: without the cross-rank negatives the same check fails
     _run(2, tmp_path / "local", gather=False)
+    local = torch.load(tmp_path / "local" / "rank0.pt")
+    assert abs(local["loss"].item() - one["loss"].item()) > 1e-3
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("method", ["protonet", "ridge", "svm"])
+def test_episodes_span_ranks_for_every_solver(tmp_path, method):
+    _run(1, tmp_path / "one", method=method)
+    _run(2, tmp_path / "two", method=method)
+    one = torch.load(tmp_path / "one" / "rank0.pt")
+    for r in (0, 1):
+        two = torch.load(tmp_path / "two" / f"rank{r}.pt")
+        torch.testing.assert_close(two["loss"], one["loss"], rtol=1e-5, atol=1e-6)
+        for name, g in one["grads"].items():
+            torch.testing.assert_close(two["grads"][name], g, rtol=1e-4, atol=5e-5, msg=name)
+    # negative control: tasks confined to each rank solve smaller problems
+    _run(2, tmp_path / "local", method=method, span=False)
     local = torch.load(tmp_path / "local" / "rank0.pt")
     assert abs(local["loss"].item() - one["loss"].item()) > 1e-3
 
