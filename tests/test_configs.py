@@ -37,6 +37,7 @@ NEEDS = {
     ("loss", "query_ce"): ["solver=protonet", "episode=n_way_k_shot"],
     ("loss", "byol"): ["method=byol"],
     ("mix", "unmix"): ["solver=all_pairs", "loss=[query_ce]"],  # soft targets: not nt_xent
+    ("eval", "few_shot"): ["eval.few_shot.episodes=20", "eval.few_shot.queries=3"],
 }
 
 
@@ -68,6 +69,17 @@ def _data_overrides(option: str, tmp_path: Path) -> list[str]:
         return [f"data.root={tmp_path / 'data'}"]
     if option == "npz":
         return [f"data.root={_synthetic_npz(tmp_path / 'x.npz')}"]
+    if option == "omniglot":  # 6 alphabets of 6 characters, 3 held out for testing
+        from PIL import Image
+
+        g = np.random.default_rng(2)
+        for a in range(6):
+            for ch in range(6):
+                folder = tmp_path / "omni" / "omniglot" / f"alpha{a}__character{ch:02d}"
+                folder.mkdir(parents=True)
+                for i in range(4):
+                    Image.fromarray(g.integers(0, 256, (30, 30), dtype=np.uint8)).save(folder / f"{i}.png")
+        return [f"data.root={tmp_path / 'omni'}"]
     if option == "imagefolder":
         return [f"data.root={_imagefolder(tmp_path / 'folder')}", "data.image_size=16"]
     return []

@@ -12,6 +12,7 @@ from metacontrast import hookimpl
 from metacontrast.builtin.encoders import Conv4, ResNet18, ResNet50, TorchvisionBackbone
 from metacontrast.builtin.episodes import NWayKShotEpisode, PairsEpisode
 from metacontrast.builtin.evaluators import KNNEvaluator, LinearProbeEvaluator
+from metacontrast.builtin.fewshot import FewShotEvaluator
 from metacontrast.builtin.heads import IdentityHead, MLPHead
 from metacontrast.builtin.views import IdentityViews
 from metacontrast.step import DefaultTrainStep
@@ -39,7 +40,7 @@ def metacontrast_register_episode_builders() -> list[type]:
 
 @hookimpl
 def metacontrast_register_evaluators() -> list[type]:
-    return [KNNEvaluator, LinearProbeEvaluator]
+    return [KNNEvaluator, LinearProbeEvaluator, FewShotEvaluator]
 
 
 @hookimpl(trylast=True)

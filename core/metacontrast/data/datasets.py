@@ -202,7 +202,40 @@ def _load_imagefolder(cfg: Any, eval_train_index: Any) -> ImageData:
                    bad_files=bad)
 
 
+OMNIGLOT_TEST_ALPHABETS = 3
+
+
+def _omniglot(cfg: Any) -> Arrays:
+    """``root/omniglot/<Alphabet>__<character>/*.png`` (the layout of
+    ../shared/data/prepare.py; ``root`` may also be that folder itself). Characters are
+    the classes; the last 3 alphabets (sorted by name) form the test split, so few-shot
+    evaluation meets alphabets never seen in pre-training."""
+    from PIL import Image
+
+    root = _require_root(cfg)
+    folder = root / "omniglot" if (root / "omniglot").is_dir() else root
+    classes = sorted(p for p in folder.iterdir() if p.is_dir() and "__" in p.name)
+    if not classes:
+        raise DatasetError(f"data.root: no <Alphabet>__<character> folders under {folder}")
+    alphabets = sorted({c.name.split("__")[0] for c in classes})
+    held_out = set(alphabets[-OMNIGLOT_TEST_ALPHABETS:])
+    size = int(cfg.image_size) or 28
+    splits: dict[bool, tuple[list[np.ndarray], list[int]]] = {False: ([], []), True: ([], [])}
+    for label, cls in enumerate(classes):
+        images, labels = splits[cls.name.split("__")[0] in held_out]
+        for path in sorted(cls.glob("*.png")):
+            try:
+                with Image.open(path) as im:
+                    images.append(np.asarray(im.convert("L").resize((size, size), Image.Resampling.BILINEAR)))
+            except OSError as err:
+                raise DatasetError(f"{path}: not a readable image ({err})") from None
+            labels.append(label)
+    (x_tr, y_tr), (x_te, y_te) = splits[False], splits[True]
+    return np.stack(x_tr), np.asarray(y_tr), np.stack(x_te), np.asarray(y_te)
+
+
 ADAPTERS: dict[str, Callable[[Any], Arrays]] = {
+    "omniglot": _omniglot,
     "digits": _digits,
     "cifar10": _torchvision("CIFAR10", "cifar10/cifar10.npz"),
     "cifar100": _torchvision("CIFAR100"),

@@ -1,0 +1,36 @@
+"""Closed-form classifiers fitted on a support set, shared by the meta-learning solvers
+and the few-shot evaluator: prototype scores and ridge regression."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def prototype_scores(query: Tensor, protos: Tensor, distance: str) -> Tensor:
+    """``query (Q, D)`` against its task's prototypes ``protos (Q, N, D)`` -> ``(Q, N)``:
+    negative squared Euclidean distance, or cosine similarity."""
+    if distance == "cosine":
+        return torch.einsum("qd,qnd->qn", F.normalize(query, dim=-1), F.normalize(protos, dim=-1))
+    cross = torch.einsum("qd,qnd->qn", query, protos)
+    return -(query.pow(2).sum(-1, keepdim=True) - 2 * cross + protos.pow(2).sum(-1))
+
+
+def ridge_weights(x: Tensor, y: Tensor, lam: float, space: str = "auto") -> Tensor:
+    """Ridge regression ``min_W ||X W - Y||^2 + lam ||W||^2`` per task.
+
+    ``x (n, S, D)``, ``y (n, S, N)`` -> ``W (n, D, N)``. ``space``: ``primal`` solves the
+    D x D system ``(X^T X + lam I) W = X^T Y``; ``dual`` the S x S one,
+    ``W = X^T (X X^T + lam I)^-1 Y`` (Woodbury); ``auto`` picks the smaller."""
+    s, d = x.shape[1], x.shape[2]
+    if space == "auto":
+        space = "dual" if s <= d else "primal"
+    xt = x.transpose(1, 2)
+    if space == "dual":
+        gram = x @ xt + lam * torch.eye(s, device=x.device, dtype=x.dtype)
+        return xt @ torch.cholesky_solve(y, torch.linalg.cholesky(gram))
+    if space == "primal":
+        gram = xt @ x + lam * torch.eye(d, device=x.device, dtype=x.dtype)
+        return torch.cholesky_solve(xt @ y, torch.linalg.cholesky(gram))
+    raise ValueError(f"space must be auto, primal or dual, got {space!r}")
