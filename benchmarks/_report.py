@@ -46,14 +46,14 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def record(section: str, body: str) -> None:
+def record(section: str, body: str, doc: Path = DOCS) -> None:
     """Replace the section between ``<!-- section:begin -->`` and ``<!-- section:end -->``
-    in docs/benchmarks.md (appended when absent)."""
+    in ``doc`` (docs/benchmarks.md by default; appended when absent)."""
     begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
     block = f"{begin}\n{body.strip()}\n{end}"
     if begin in text:
         text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    DOCS.write_text(text)
+    doc.write_text(text)

@@ -1,20 +1,10 @@
-"""Closed-form classifiers fitted on a support set, shared by the meta-learning solvers
-and the few-shot evaluator: prototype scores and ridge regression."""
+"""Ridge regression fitted on a support set in closed form, shared by the R2-D2 solver
+and the few-shot evaluator."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-
-
-def prototype_scores(query: Tensor, protos: Tensor, distance: str) -> Tensor:
-    """``query (Q, D)`` against its task's prototypes ``protos (Q, N, D)`` -> ``(Q, N)``:
-    negative squared Euclidean distance, or cosine similarity."""
-    if distance == "cosine":
-        return torch.einsum("qd,qnd->qn", F.normalize(query, dim=-1), F.normalize(protos, dim=-1))
-    cross = torch.einsum("qd,qnd->qn", query, protos)
-    return -(query.pow(2).sum(-1, keepdim=True) - 2 * cross + protos.pow(2).sum(-1))
 
 
 def ridge_weights(x: Tensor, y: Tensor, lam: float, space: str = "auto") -> Tensor:

@@ -23,13 +23,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metacontrast import distributed
-from metacontrast.closed_forms import prototype_scores, ridge_weights
+from metacontrast.closed_forms import ridge_weights
 from metacontrast.interfaces import BuildContext, Solver
 from metacontrast.records import Embeddings, Episode, Logits, ShapeError
-from metacontrast_metassl.tasks import Tasks, gather_views, split_tasks, targets_for_loss
+from metacontrast_metassl.tasks import Tasks, gather_views, per_task_scores, split_tasks, targets_for_loss
 
 DISTANCES = ("euclidean", "cosine")
-__all__ = ["AllPairsSolver", "ProtoNetSolver", "RidgeSolver", "prototype_scores", "ridge_weights"]
+__all__ = ["AllPairsSolver", "ProtoNetSolver", "RidgeSolver", "protonet_scores", "ridge_weights"]
 
 
 def _positive(name: str, value: float) -> None:
@@ -42,6 +42,17 @@ def prototypes(tasks: Tasks) -> Tensor:
     n, s, d = tasks.support.shape
     ways = tasks.support_targets.shape[2]
     return tasks.support.view(n, s // ways, ways, d).mean(dim=1)
+
+
+def protonet_scores(query: Tensor, protos: Tensor, task: Tensor, distance: str) -> Tensor:
+    """``query (Q, D)`` against the prototypes ``protos (n, N, D)`` of its ``task (Q,)``
+    -> ``(Q, N)``: ``-||q - p||^2`` (expanded as ``2 q.p - ||q||^2 - ||p||^2``) or cosine."""
+    if distance == "cosine":
+        query, protos = F.normalize(query, dim=-1), F.normalize(protos, dim=-1)
+    scores = per_task_scores(query, protos.transpose(1, 2), task)
+    if distance == "euclidean":
+        scores = 2 * scores - query.pow(2).sum(-1, keepdim=True) - protos.pow(2).sum(-1)[task]
+    return scores
 
 
 @attrs.define
@@ -74,8 +85,8 @@ class ProtoNetSolver(Solver):
             if self.config.normalize:
                 z = F.normalize(z, dim=-1)
             tasks = split_tasks(z, episode)
-            protos = prototypes(tasks)[tasks.query_task]
-            scores = prototype_scores(tasks.query, protos, self.config.distance) / self.config.temperature
+            scores = protonet_scores(tasks.query, prototypes(tasks), tasks.query_task, self.config.distance)
+            scores = scores / self.config.temperature
         return Logits(scores=scores, targets=targets_for_loss(tasks.query_targets, episode))
 
 
@@ -121,8 +132,7 @@ class RidgeSolver(_ScaledSolver):
                 z = F.normalize(z, dim=-1)
             tasks = split_tasks(z, episode)
             w = ridge_weights(tasks.support, tasks.support_targets, self.config.lam, self.config.space)
-            scores = torch.einsum("qd,qdn->qn", tasks.query, w[tasks.query_task])
-            scores = self.scale * scores + self.bias
+            scores = self.scale * per_task_scores(tasks.query, w, tasks.query_task) + self.bias
         return Logits(scores=scores, targets=targets_for_loss(tasks.query_targets, episode))
 
 

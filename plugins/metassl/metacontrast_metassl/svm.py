@@ -22,7 +22,7 @@ from torch import Tensor
 from metacontrast.interfaces import BuildContext
 from metacontrast.records import Embeddings, Episode, Logits
 from metacontrast_metassl.solvers import _ScaledSolver
-from metacontrast_metassl.tasks import split_tasks, targets_for_loss
+from metacontrast_metassl.tasks import per_task_scores, split_tasks, targets_for_loss
 
 
 def project_simplex(v: Tensor, radius: float) -> Tensor:
@@ -91,5 +91,5 @@ class SVMSolver(_ScaledSolver):
             tasks = split_tasks(z, episode)
             alpha = svm_dual(tasks.support, tasks.support_targets, self.config.c, self.config.iterations)
             w = tasks.support.transpose(1, 2) @ alpha  # (n, D, N)
-            scores = self.scale * torch.einsum("qd,qdn->qn", tasks.query, w[tasks.query_task]) + self.bias
+            scores = self.scale * per_task_scores(tasks.query, w, tasks.query_task) + self.bias
         return Logits(scores=scores, targets=targets_for_loss(tasks.query_targets, episode))

@@ -67,3 +67,14 @@ def targets_for_loss(targets: Tensor, episode: Episode) -> Tensor:
     """Class indices ``(Q,)`` for an unmixed episode (exact, and cheaper for the loss), the
     soft rows ``(Q, N)`` otherwise. Decided from the episode, without a device sync."""
     return targets if episode.mix_weight is not None else targets.argmax(dim=1)
+
+
+def per_task_scores(query: Tensor, weights: Tensor, task: Tensor) -> Tensor:
+    """``query (Q, D)`` times its own task's ``weights (n, D, N)`` -> ``(Q, N)``. Scores
+    against every task at once and keeps each query's block: no ``(Q, D, N)`` copy of
+    the weights (one matrix product when there is a single task)."""
+    n, d, ways = weights.shape
+    every = query @ weights.permute(1, 0, 2).reshape(d, n * ways)  # (Q, n * N)
+    if n == 1:
+        return every
+    return every.view(-1, n, ways)[torch.arange(query.shape[0], device=query.device), task]

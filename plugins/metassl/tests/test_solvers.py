@@ -14,7 +14,7 @@ from metacontrast_metassl.solvers import (
     ProtoNetSolver,
     RidgeConfig,
     RidgeSolver,
-    prototype_scores,
+    protonet_scores,
     ridge_weights,
 )
 from metacontrast_metassl.svm import SVMConfig, SVMSolver, project_simplex, svm_dual, svm_dual_gradient
@@ -94,9 +94,10 @@ def test_gradients_reach_the_embeddings_through_each_closed_form():
         x = torch.randn(1, 4, d, generator=g, dtype=torch.float64, requires_grad=True)
         assert torch.autograd.gradcheck(lambda a, sp=space: ridge_weights(a, y, 0.5, sp), (x,))
     q = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    p = torch.randn(3, 2, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    p = torch.randn(2, 2, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    task = torch.tensor([0, 1, 1])
     for distance in ("euclidean", "cosine"):
-        assert torch.autograd.gradcheck(lambda a, b_, dist=distance: prototype_scores(a, b_, dist), (q, p))
+        assert torch.autograd.gradcheck(lambda a, b_, dist=distance: protonet_scores(a, b_, task, dist), (q, p))
     x = torch.randn(1, 4, 3, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a: svm_dual(a, y, 0.5, 20), (x,), atol=1e-5)
 

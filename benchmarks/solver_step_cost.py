@@ -1,0 +1,122 @@
+"""Train-step cost of each method against SimCLR, at the same encoder and batch.
+
+One process builds every method on the same data (ResNet-18 with CIFAR stem, CIFAR-10
+images, batch B, two views, bf16 autocast where supported, channels_last) and times the
+trainer's full step for each, in interleaved rounds (best of R). The solver's own cost is
+also timed alone: forward and backward of solver + query loss on fixed projections of
+the 2B view-samples. Run:
+
+    .venv/bin/python benchmarks/solver_step_cost.py --data-root .cache/data --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from _report import machine, markdown_table, record, seconds
+
+from metacontrast import trainer
+from metacontrast.config import compose_config
+from metacontrast.records import Batch, Embeddings, LossInputs, StepInputs
+
+METHODS = {
+    "simclr (nt_xent)": ["method=simclr"],
+    "simclr (all_pairs + query_ce)": ["method=simclr", "solver=all_pairs", "loss=[query_ce]",
+                                      "solver.temperature=0.2"],
+    "protonet": ["method=protonet"],
+    "r2d2": ["method=r2d2"],
+    "svm (30 FISTA steps)": ["method=svm"],
+    "byol (EMA teacher)": ["method=byol", "head.hidden_dim=2048", "head.out_dim=256"],
+}
+
+
+def build(args: argparse.Namespace, extra: list[str]):
+    cfg = compose_config(["experiment=cifar10_simclr_resnet18", f"data.root={args.data_root}", *extra,
+                          f"trainer.batch_size={args.batch}", "trainer.forward_chunks=1",
+                          "trainer.run_dir=/tmp/mc-bench", "data.train_subset=2048", "data.test_subset=16",
+                          "trainer.progress=false"])
+    run = trainer.setup(cfg)
+    step_fn = run.plugins.make_train_step(cfg, run.components)
+    images = run.data.train_images[: args.batch].to(run.device)
+    batch = Batch(images=images, index=torch.arange(args.batch, device=run.device))
+
+    def full() -> None:
+        ctx = StepInputs(generator=run.generator, step=0, model=run.wrapped, autocast=run.autocast)
+        terms = step_fn(batch, ctx)
+        assert trainer._loss_is_finite(run, terms)
+        trainer._backward(run, terms.total)
+        assert trainer._gradients_are_finite(run)
+        trainer._optimizer_step(run)
+        run.model.update_teacher(0, run.total_steps)
+
+    solver_only = None
+    if run.model.solver is not None:
+        views = step_fn.views(batch, StepInputs(generator=run.generator, step=0, model=run.wrapped))
+        episode = step_fn.episode_builder(views)
+        z = torch.randn(2 * args.batch, run.model.head.out_dim, device=run.device, requires_grad=True)
+
+        def solver_only() -> None:
+            emb = Embeddings(h=z, z=z)
+            logits = run.model.solver(emb, episode)
+            loss = sum(loss(LossInputs(views=views, episode=episode, embeddings=emb, logits=logits))
+                       for loss in run.model.losses.values())
+            loss.backward()
+            z.grad = None
+
+    return full, solver_only
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-root", default=".cache/data")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--write", action="store_true")
+    args = p.parse_args()
+    built = {name: build(args, extra) for name, extra in METHODS.items()}
+    for full, solver in built.values():  # warm-up
+        full()
+        if solver is not None:
+            solver()
+    steps = {name: [] for name in built}
+    solvers = {name: [] for name, (_, s) in built.items() if s is not None}
+    for _ in range(args.rounds):
+        for name, (full, solver) in built.items():
+            steps[name].append(seconds(full, args.steps))
+            if solver is not None:
+                solvers[name].append(seconds(solver, 5))
+    base = min(steps["simclr (nt_xent)"])
+    rows = []
+    for name in built:
+        t = min(steps[name])
+        s = f"{1000 * min(solvers[name]):.1f} ms ({100 * min(solvers[name]) / t:.1f}% of its step)" \
+            if name in solvers else "-"
+        rows.append([name, f"{t:.2f}", f"{t / base:.2f}", s])
+    body = "\n".join([
+        "### Step cost of the meta-learning solvers vs SimCLR (ResNet-18, CIFAR stem)",
+        "",
+        f"Command: `.venv/bin/python benchmarks/solver_step_cost.py --data-root {args.data_root} "
+        f"--batch {args.batch} --write`",
+        "",
+        f"Machine: {machine()}. Batch {args.batch} images, 2 views, bf16 autocast and channels_last, "
+        f"best of {args.rounds} interleaved rounds of {args.steps} steps.",
+        "",
+        markdown_table(["method", "full step (s)", "step / SimCLR step", "solver + loss alone (fwd+bwd)"],
+                       rows),
+        "",
+        "The full step is the trainer's (views on the device, encoder, head, solver, losses, "
+        "backward, LARS, scheduler, EMA update). The solver column times the solver and its "
+        "loss on fixed projections of the 2B view-samples, in float32.",
+    ])
+    print(body)
+    if args.write:
+        record("solver_step_cost", body)
+
+
+if __name__ == "__main__":
+    main()
