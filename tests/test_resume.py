@@ -42,20 +42,26 @@ def _final_model(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_safe(list_checkpoints(run_dir / "checkpoints")[-1])["model"]
 
 
-def _interrupted_then_resumed(run_dir: Path, stop: int) -> dict[str, torch.Tensor]:
+def _interrupted_then_resumed(run_dir: Path, stop: int, extra: list[str] = ()) -> dict[str, torch.Tensor]:
     with pytest.raises(Interrupted):
-        trainer.fit(_cfg(run_dir), PluginManager(extra=[_interrupt_at(stop)]))
+        trainer.fit(_cfg(run_dir, *extra), PluginManager(extra=[_interrupt_at(stop)]))
     assert int(list_checkpoints(run_dir / "checkpoints")[-1].stem.split("-")[1]) == stop - 1
-    results = trainer.fit(_cfg(run_dir))
+    results = trainer.fit(_cfg(run_dir, *extra))
     assert results["steps"] == STEPS
     return _final_model(run_dir)
 
 
-def test_resume_reaches_the_uninterrupted_parameters(tmp_path):
-    trainer.fit(_cfg(tmp_path / "straight"))
+BYOL_WITH_EVERYTHING = ["method=byol", "head.hidden_dim=32", "head.out_dim=16", "loss.byol.predictor_hidden=16",
+                        "+task_aug=rotation", "+aux=rotation_loss", "+mix=unmix"]
+
+
+@pytest.mark.parametrize("method", [[], BYOL_WITH_EVERYTHING], ids=["simclr", "byol_teacher_ta_llr_mix"])
+def test_resume_reaches_the_uninterrupted_parameters(tmp_path, method):
+    trainer.fit(_cfg(tmp_path / "straight", *method))
     straight = _final_model(tmp_path / "straight")
-    resumed = _interrupted_then_resumed(tmp_path / "resumed", stop=4)
+    resumed = _interrupted_then_resumed(tmp_path / "resumed", stop=4, extra=method)
     assert straight.keys() == resumed.keys()
+    assert any(k.startswith("teacher.") for k in straight) == bool(method)  # the EMA teacher is saved
     for name, value in straight.items():
         torch.testing.assert_close(resumed[name], value, rtol=0, atol=0, msg=name)
 
