@@ -57,7 +57,8 @@ from metacontrast.signals import StopRequested, StopSignals
 from metacontrast.targets import check_targets
 
 # Config sections a checkpoint must agree on to be resumed or evaluated.
-STRUCTURAL_KEYS = ("encoder", "head", "solver", "loss", "memory", "episode", "views", "view_transforms", "teacher",
+STRUCTURAL_KEYS = ("encoder", "head", "solver", "loss", "memory", "episode", "views", "view_transforms",
+                   "teacher",
                    "data.name", "data.image_size", "optim.name", "trainer.batch_size",
                    "trainer.accumulate")
 
