@@ -131,7 +131,7 @@ class Episode:
         _check(self.support.dim() == 1 and self.query.dim() == 1, "Episode",
                "support and query must be 1-D index tensors")
         _check(self.tasks >= 1 and self.n_way % self.tasks == 0, "Episode",
-               f"{self.n_way} classes cannot be split into {self.tasks} equal tasks")
+               f"{self.n_way} classes cannot be split into {self.tasks} equal tasks (episode.tasks)")
         for name in ("mix_weight", "mix_partner"):
             t = getattr(self, name)
             _check(t is None or t.shape == (n,), "Episode", f"{name} must be (V*B,)=({n},)")
