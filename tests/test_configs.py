@@ -100,12 +100,16 @@ def test_config_composes_and_runs_two_steps(group, option, tmp_path):
         extra += _data_overrides(option, tmp_path)
     if group == "experiment" and (option.startswith("cifar10") or option.startswith("table6")):
         extra += _data_overrides("cifar10", tmp_path)
+    if group == "experiment" and option.startswith("omniglot"):
+        extra += [*_data_overrides("omniglot", tmp_path), "eval.few_shot.episodes=10", "eval.few_shot.queries=1",
+                  "eval.few_shot.shots=[1]", "eval.few_shot.ways=3"]
     if group == "encoder" and option.startswith("resnet50"):
         extra += ["trainer.batch_size=4"]
     if group == "episode" and option == "n_way_k_shot":
         extra += ["views.n_views=2"]
-    base = [o for o in TINY if not (group == "eval" and o.startswith("eval.") and
-                                    not o.startswith(f"eval.{option}."))]
+    own_eval = group == "experiment" and option.startswith("omniglot")  # chooses its evaluators
+    base = [o for o in TINY if not (o.startswith("eval.") and (own_eval or (
+        group == "eval" and not o.startswith(f"eval.{option}."))))]
     run_dir = tmp_path / "run"
     cfg = compose_config([*base, *extra, f"trainer.run_dir={run_dir}", "trainer.max_steps=2",
                           "trainer.epochs=1"])
