@@ -17,6 +17,8 @@ were mixed. Solvers run in float32 (autocast off): the closed forms need it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import torch
 import torch.nn.functional as F
@@ -81,10 +83,7 @@ class ProtoNetSolver(Solver):
 
     def forward(self, embeddings: Embeddings, episode: Episode) -> Logits:
         with torch.autocast(embeddings.z.device.type, enabled=False):
-            z = embeddings.z.float()
-            if self.config.normalize:
-                z = F.normalize(z, dim=-1)
-            tasks = split_tasks(z, episode)
+            tasks = split_tasks(projections(embeddings, self.config.normalize), episode)
             scores = protonet_scores(tasks.query, prototypes(tasks), tasks.query_task, self.config.distance)
             scores = scores / self.config.temperature
         return Logits(scores=scores, targets=targets_for_loss(tasks.query_targets, episode))
@@ -108,32 +107,44 @@ class RidgeConfig:
             raise ValueError(f"space must be auto, primal or dual, got {self.space!r}")
 
 
-class _ScaledSolver(Solver):
-    """A solver with the learnable output scale and bias of R2-D2."""
+def projections(embeddings: Embeddings, normalize: bool) -> Tensor:
+    """The projections ``z (V*B, D)`` in float32, L2-normalised when asked."""
+    z = embeddings.z.float()
+    return F.normalize(z, dim=-1) if normalize else z
 
-    def __init__(self, scale_init: float, learn: bool) -> None:
+
+class LinearTaskSolver(Solver):
+    """Base of solvers that fit a linear classifier ``W (n, D, N)`` on each task's support
+    (``fit``) and score queries ``alpha q W + beta`` with R2-D2's learnable scale alpha and
+    bias beta. ``config`` needs ``scale_init``, ``learn_scale`` and ``normalize``."""
+
+    def __init__(self, config: Any) -> None:
         super().__init__()
-        self.scale = nn.Parameter(torch.tensor(float(scale_init)), requires_grad=learn)
-        self.bias = nn.Parameter(torch.tensor(0.0), requires_grad=learn)
+        self.config = config
+        self.scale = nn.Parameter(torch.tensor(float(config.scale_init)), requires_grad=config.learn_scale)
+        self.bias = nn.Parameter(torch.tensor(0.0), requires_grad=config.learn_scale)
+
+    def fit(self, support: Tensor, targets: Tensor) -> Tensor:  # pragma: no cover
+        """``support (n, S, D)``, one-hot ``targets (n, S, N)`` -> ``W (n, D, N)``."""
+        raise NotImplementedError
+
+    def forward(self, embeddings: Embeddings, episode: Episode) -> Logits:
+        with torch.autocast(embeddings.z.device.type, enabled=False):
+            tasks = split_tasks(projections(embeddings, self.config.normalize), episode)
+            w = self.fit(tasks.support, tasks.support_targets)
+            scores = self.scale * per_task_scores(tasks.query, w, tasks.query_task) + self.bias
+        return Logits(scores=scores, targets=targets_for_loss(tasks.query_targets, episode))
 
 
-class RidgeSolver(_ScaledSolver):
+class RidgeSolver(LinearTaskSolver):
     NAME = "ridge"
     Config = RidgeConfig
 
     def __init__(self, config: RidgeConfig, context: BuildContext) -> None:
-        super().__init__(config.scale_init, config.learn_scale)
-        self.config = config
+        super().__init__(config)
 
-    def forward(self, embeddings: Embeddings, episode: Episode) -> Logits:
-        with torch.autocast(embeddings.z.device.type, enabled=False):
-            z = embeddings.z.float()
-            if self.config.normalize:
-                z = F.normalize(z, dim=-1)
-            tasks = split_tasks(z, episode)
-            w = ridge_weights(tasks.support, tasks.support_targets, self.config.lam, self.config.space)
-            scores = self.scale * per_task_scores(tasks.query, w, tasks.query_task) + self.bias
-        return Logits(scores=scores, targets=targets_for_loss(tasks.query_targets, episode))
+    def fit(self, support: Tensor, targets: Tensor) -> Tensor:
+        return ridge_weights(support, targets, self.config.lam, self.config.space)
 
 
 @attrs.define
@@ -198,7 +209,7 @@ class AllPairsSolver(Solver):
         if not episode.exclude_self:
             raise ShapeError("all_pairs needs the all-pairs episode (episode=pairs)")
         with torch.autocast(embeddings.z.device.type, enabled=False):
-            z = F.normalize(embeddings.z.float(), dim=-1)
+            z = projections(embeddings, normalize=True)
             v, b = episode.n_views, episode.batch_size
             candidates = gather_views(z, v, episode.world_size > 1)  # (V, G, D)
             g = candidates.shape[1]

@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import attrs
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from metacontrast.interfaces import BuildContext
-from metacontrast.records import Embeddings, Episode, Logits
-from metacontrast_metassl.solvers import _ScaledSolver
-from metacontrast_metassl.tasks import per_task_scores, split_tasks, targets_for_loss
+from metacontrast_metassl.solvers import LinearTaskSolver
 
 
 def project_simplex(v: Tensor, radius: float) -> Tensor:
@@ -75,21 +72,14 @@ class SVMConfig:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
 
 
-class SVMSolver(_ScaledSolver):
+class SVMSolver(LinearTaskSolver):
     NAME = "svm"
     Config = SVMConfig
 
     def __init__(self, config: SVMConfig, context: BuildContext) -> None:
-        super().__init__(config.scale_init, config.learn_scale)
-        self.config = config
+        super().__init__(config)
 
-    def forward(self, embeddings: Embeddings, episode: Episode) -> Logits:
-        with torch.autocast(embeddings.z.device.type, enabled=False):
-            z = embeddings.z.float()
-            if self.config.normalize:
-                z = F.normalize(z, dim=-1)
-            tasks = split_tasks(z, episode)
-            alpha = svm_dual(tasks.support, tasks.support_targets, self.config.c, self.config.iterations)
-            w = tasks.support.transpose(1, 2) @ alpha  # (n, D, N)
-            scores = self.scale * per_task_scores(tasks.query, w, tasks.query_task) + self.bias
-        return Logits(scores=scores, targets=targets_for_loss(tasks.query_targets, episode))
+    def fit(self, support: Tensor, targets: Tensor) -> Tensor:
+        """``w_k = sum_s alpha_s^k x_s`` from the dual solution."""
+        alpha = svm_dual(support, targets, self.config.c, self.config.iterations)
+        return support.transpose(1, 2) @ alpha
