@@ -165,8 +165,11 @@ class Episode:
             if tasks > 1:
                 raise ShapeError("Episode: mixing pairs images across the whole batch; it needs "
                                  "episode.tasks=1")
-            mixed_views = (views.params["mix_weight"] < 1).any(dim=1).nonzero().flatten().tolist()
-            if n_support_views and any(m < n_support_views for m in mixed_views):
+            # a mixed support view would blur its class's prototype: refuse (one host sync,
+            # only for support/query episodes)
+            support_mixed = n_support_views and bool((views.params["mix_weight"][:n_support_views] < 1).any())
+            if support_mixed:
+                mixed_views = (views.params["mix_weight"] < 1).any(dim=1).nonzero().flatten().tolist()
                 raise ShapeError(f"Episode: mixed view(s) {mixed_views} fall in the support (the first "
                                  f"{n_support_views} views); mix a query view")
         return cls(labels=labels, support=support, query=query, n_way=b * world_size, n_views=v,
