@@ -9,6 +9,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -57,3 +58,19 @@ def record(section: str, body: str, doc: Path = DOCS) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     doc.write_text(text)
+
+
+def train_step(run: Any, step_fn: Any, batch: Any) -> None:
+    """One optimizer step as ``trainer.train_steps`` takes it (guards, backward, optimizer,
+    scheduler, EMA teacher, the step's own update), without logging or checkpoints."""
+    from metacontrast import trainer
+    from metacontrast.records import StepInputs
+
+    ctx = StepInputs(generator=run.generator, step=0, model=run.wrapped, autocast=run.autocast)
+    terms = step_fn(batch, ctx)
+    assert trainer._loss_is_finite(run, terms)
+    trainer._backward(run, terms.total)
+    assert trainer._gradients_are_finite(run)
+    trainer._optimizer_step(run)
+    run.model.update_teacher(0, run.total_steps)
+    step_fn.on_optimizer_step()

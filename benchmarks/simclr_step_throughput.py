@@ -22,11 +22,10 @@ import sys
 import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _report import machine, markdown_table, record, seconds
+from _report import machine, markdown_table, record, seconds, train_step
 
-from metacontrast import trainer
 from metacontrast.config import compose_config
-from metacontrast.records import Batch, StepInputs
+from metacontrast.records import Batch
 from metacontrast.trainer import setup
 
 
@@ -55,13 +54,7 @@ def measure(args: argparse.Namespace) -> dict:
     batch = Batch(images=images, index=torch.arange(args.batch, device=dev))
 
     def full() -> None:  # what trainer.train_steps does for one step, guards included
-        ctx = StepInputs(generator=run.generator, step=0, model=run.wrapped, autocast=run.autocast)
-        terms = step_fn(batch, ctx)
-        assert trainer._loss_is_finite(run, terms)
-        trainer._backward(run, terms.total)
-        assert trainer._gradients_are_finite(run)
-        trainer._optimizer_step(run)
-        step_fn.on_optimizer_step()
+        train_step(run, step_fn, batch)
 
     chunkings = [c for c in (1, 2, 4) if args.batch * 2 % c == 0]
     for c in chunkings:

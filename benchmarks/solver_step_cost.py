@@ -17,7 +17,7 @@ import sys
 import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _report import machine, markdown_table, record, seconds
+from _report import machine, markdown_table, record, seconds, train_step
 
 from metacontrast import trainer
 from metacontrast.config import compose_config
@@ -44,14 +44,8 @@ def build(args: argparse.Namespace, extra: list[str]):
     images = run.data.train_images[: args.batch].to(run.device)
     batch = Batch(images=images, index=torch.arange(args.batch, device=run.device))
 
-    def full() -> None:
-        ctx = StepInputs(generator=run.generator, step=0, model=run.wrapped, autocast=run.autocast)
-        terms = step_fn(batch, ctx)
-        assert trainer._loss_is_finite(run, terms)
-        trainer._backward(run, terms.total)
-        assert trainer._gradients_are_finite(run)
-        trainer._optimizer_step(run)
-        run.model.update_teacher(0, run.total_steps)
+    def full() -> None:  # what trainer.train_steps does for one step, guards included
+        train_step(run, step_fn, batch)
 
     solver_only = None
     if run.model.solver is not None:

@@ -41,14 +41,6 @@ def raw_pixel_features(images: Tensor, mean: Sequence[float], std: Sequence[floa
     return normalize(images, mean, std).flatten(1)
 
 
-def train_subset_indices(n: int, limit: int, seed: int) -> Tensor:
-    """A fixed random subset of ``limit`` of ``n`` train images (all when ``limit`` is 0)."""
-    if limit <= 0 or limit >= n:
-        return torch.arange(n)
-    g = torch.Generator().manual_seed(seed)
-    return torch.randperm(n, generator=g)[:limit].sort().values
-
-
 def run_evaluators(evaluators: Mapping[str, Evaluator],
                    features: Callable[[Tensor], Tensor], data: ImageData,
                    train_index: Tensor) -> dict[str, float]:

@@ -196,13 +196,21 @@ class Episode:
         """Soft class targets ``(R, n_way)`` of the view-samples ``rows`` (all V*B by
         default): one-hot on the own class, split with the mixed-in class when mixed."""
         rows = torch.arange(self.labels.shape[0], device=self.labels.device) if rows is None else rows
-        own = self.labels[rows]
-        out = torch.zeros(rows.shape[0], self.n_way, device=own.device)
         if self.mix_weight is None or self.mix_partner is None:
-            return out.scatter_(1, own[:, None], 1.0)
-        w = self.mix_weight[rows]
-        out.scatter_add_(1, own[:, None], w[:, None])
-        return out.scatter_add_(1, self.mix_partner[rows][:, None], (1 - w)[:, None])
+            return soft_class_targets(self.labels[rows], self.n_way)
+        own = self.labels[rows]
+        return soft_class_targets(own, self.n_way, self.mix_weight[rows], self.mix_partner[rows])
+
+
+def soft_class_targets(classes: Tensor, n_classes: int, weight: Tensor | None = None,
+                       partner: Tensor | None = None) -> Tensor:
+    """``(R, n_classes)`` rows: one-hot on ``classes (R,)``, or ``weight`` on the class and
+    ``1 - weight`` on ``partner`` (a mixed sample)."""
+    out = torch.zeros(classes.shape[0], n_classes, device=classes.device)
+    if weight is None or partner is None:
+        return out.scatter_(1, classes[:, None], 1.0)
+    out.scatter_add_(1, classes[:, None], weight[:, None])
+    return out.scatter_add_(1, partner[:, None], (1 - weight)[:, None])
 
 
 @attrs.frozen(eq=False)

@@ -38,13 +38,12 @@ from metacontrast.checkpoint import (
     save_atomic,
 )
 from metacontrast.config import ConfigError, from_yaml, to_yaml
-from metacontrast.data import EpochBatchSampler, ImageData, load_dataset
+from metacontrast.data import EpochBatchSampler, ImageData, load_dataset, subset_indices
 from metacontrast.data.files import stream_batches
 from metacontrast.evaluation import (
     extract_features,
     raw_pixel_features,
     run_evaluators,
-    train_subset_indices,
 )
 from metacontrast.guards import NONFINITE_POLICIES, clip_gradients, nonfinite_gradient, nonfinite_term
 from metacontrast.host import tune_glibc_malloc
@@ -203,7 +202,7 @@ def setup(cfg: DictConfig, plugins: PluginManager | None = None) -> Run:
                           "cap on the labelled train images held in memory for evaluation")
     use_deterministic_algorithms(bool(t.deterministic))
     seed_everything(int(t.seed))  # every rank builds the same initial weights
-    eval_index = lambda n: train_subset_indices(n, int(cfg.evaluation.train_subset), int(t.seed))  # noqa: E731
+    eval_index = lambda n: subset_indices(n, int(cfg.evaluation.train_subset), int(t.seed))  # noqa: E731
     data = distributed.run_on_main_first(lambda: load_dataset(cfg.data, eval_index)).to(device)
     context = BuildContext(in_channels=data.channels, image_size=data.image_size, mean=data.mean,
                            std=data.std, device=device, num_classes=data.num_classes,
@@ -326,7 +325,7 @@ def _eval_train_index(run: Run) -> torch.Tensor:
     n = int(run.data.train_images.shape[0])
     if run.data.train_files is not None:
         return torch.arange(n)
-    return train_subset_indices(n, int(run.cfg.evaluation.train_subset), int(run.cfg.trainer.seed))
+    return subset_indices(n, int(run.cfg.evaluation.train_subset), int(run.cfg.trainer.seed))
 
 
 def evaluate_encoder(run: Run, encoder: torch.nn.Module) -> dict[str, float]:

@@ -164,11 +164,17 @@ def _folder_split(root: Path, split: str) -> tuple[list[str], list[int], list[st
     return [p for p, _ in folder.samples], list(folder.targets), folder.classes
 
 
+def subset_indices(n: int, limit: int, seed: int) -> Tensor:
+    """A fixed random subset of ``limit`` of ``range(n)``, sorted (all when ``limit`` is 0
+    or at least ``n``): train/test caps and the evaluation's labelled subset."""
+    if limit <= 0 or limit >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+
+
 def _first(paths: list[str], labels: list[int], n: int, seed: int) -> tuple[list[str], list[int]]:
     """A seeded subset of ``n`` files (all when ``n`` is 0), in folder order."""
-    if n <= 0 or n >= len(paths):
-        return paths, labels
-    keep = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    keep = subset_indices(len(paths), n, seed).tolist()
     return [paths[i] for i in keep], [labels[i] for i in keep]
 
 
@@ -270,9 +276,8 @@ def _resize(x: Tensor, size: int) -> Tensor:
 
 def _subset(x: Tensor, y: Tensor, n: int, seed: int) -> tuple[Tensor, Tensor]:
     if n <= 0 or n >= x.shape[0]:
-        return x, y
-    g = torch.Generator().manual_seed(seed)
-    keep = torch.randperm(x.shape[0], generator=g)[:n].sort().values
+        return x, y  # no copy of a whole dataset
+    keep = subset_indices(x.shape[0], n, seed)
     return x[keep], y[keep]
 
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from metacontrast import distributed
 from metacontrast.closed_forms import ridge_weights
 from metacontrast.interfaces import BuildContext, Solver
-from metacontrast.records import Embeddings, Episode, Logits, ShapeError
+from metacontrast.records import Embeddings, Episode, Logits, ShapeError, soft_class_targets
 from metacontrast_metassl.tasks import Tasks, gather_views, per_task_scores, split_tasks, targets_for_loss
 
 DISTANCES = ("euclidean", "cosine")
@@ -178,14 +178,7 @@ def cross_view_targets(episode: Episode, candidate_classes: Tensor,
     Unmixed, this is the uniform distribution over the other views of the same image
     (SimCLR's positive for V = 2). ``(V*B, V*G)``."""
     anchors = episode.class_targets()  # (V*B, G)
-    g = episode.n_way
-    cand = torch.zeros(candidate_classes.shape[0], g, device=anchors.device)
-    if candidate_mix is None:
-        cand.scatter_(1, candidate_classes[:, None], 1.0)
-    else:
-        w, partner = candidate_mix
-        cand.scatter_add_(1, candidate_classes[:, None], w[:, None])
-        cand.scatter_add_(1, partner[:, None], (1 - w)[:, None])
+    cand = soft_class_targets(candidate_classes, episode.n_way, *(candidate_mix or (None, None)))
     overlap = anchors @ cand.T
     v = episode.n_views
     anchor_view = torch.arange(v, device=anchors.device).repeat_interleave(episode.batch_size)
