@@ -29,10 +29,6 @@ class Tasks:
     query_task: Tensor
     query_targets: Tensor
 
-    @property
-    def shots(self) -> int:
-        return self.support.shape[1] // self.support_targets.shape[2]
-
 
 def gather_views(z: Tensor, n_views: int, spans_ranks: bool) -> Tensor:
     """Local ``z (V*B, D)`` (view-major) -> ``(V, W*B, D)`` with every rank's images, rank-major
