@@ -36,6 +36,8 @@ NEEDS = {
     ("solver", "all_pairs"): ["loss=[query_ce]"],
     ("loss", "query_ce"): ["solver=protonet", "episode=n_way_k_shot"],
     ("loss", "byol"): ["method=byol"],
+    ("loss", "moco_infonce"): ["method=moco_v2"],
+    ("memory", "queue"): ["memory.source=z"],  # no teacher here: the online projections
     ("mix", "unmix"): ["solver=all_pairs", "loss=[query_ce]"],  # soft targets: not nt_xent
     ("eval", "few_shot"): ["eval.few_shot.episodes=20", "eval.few_shot.queries=3"],
 }

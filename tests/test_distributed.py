@@ -94,3 +94,30 @@ def test_torchrun_trains_two_steps_end_to_end(tmp_path):
     payload = torch.load(sorted((run_dir / "checkpoints").iterdir())[-1], weights_only=True)
     assert len(payload["rng"]) == 2  # one augmentation stream per rank
     assert not torch.equal(payload["rng"][0]["generators"]["augment"], payload["rng"][1]["generators"]["augment"])
+
+
+@pytest.mark.distributed
+def test_shuffled_forward_mixes_ranks_and_returns_rows_in_place(tmp_path):
+    worker = Path(__file__).with_name("shuffle_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker),
+           str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    parts = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    for p in parts:
+        assert torch.equal(p["out"][:, 0], p["x"][:, 0])  # every row came back to its place
+        executed_by = set(p["out"][:, 1].tolist())
+        assert executed_by == {0.0, 1.0}  # both ranks computed some of this rank's rows
+    # the batch statistic mixed both ranks' rows: recompute it from who executed what
+    rows = torch.cat([p["out"] for p in parts])
+    for r in (0, 1):
+        mine = rows[rows[:, 1] == r]
+        assert torch.allclose(mine[:, 2], mine[:, 0] - mine[:, 0].mean())
+
+
+def test_shuffled_forward_without_a_group_is_the_function():
+    from metacontrast.distributed import shuffled_forward
+
+    x = torch.randn(5, 3)
+    assert torch.equal(shuffled_forward(lambda t: t * 2, x), x * 2)

@@ -55,7 +55,11 @@ BYOL_WITH_EVERYTHING = ["method=byol", "head.hidden_dim=32", "head.out_dim=16", 
                         "+task_aug=rotation", "+aux=rotation_loss", "+mix=unmix"]
 
 
-@pytest.mark.parametrize("method", [[], BYOL_WITH_EVERYTHING], ids=["simclr", "byol_teacher_ta_llr_mix"])
+MOCO_QUEUE = ["method=moco_v2", "head.hidden_dim=32", "head.out_dim=16", "memory.size=40"]  # 40: wraps
+
+
+@pytest.mark.parametrize("method", [[], BYOL_WITH_EVERYTHING, MOCO_QUEUE],
+                         ids=["simclr", "byol_teacher_ta_llr_mix", "moco_v2_queue"])
 def test_resume_reaches_the_uninterrupted_parameters(tmp_path, method):
     trainer.fit(_cfg(tmp_path / "straight", *method))
     straight = _final_model(tmp_path / "straight")
@@ -64,6 +68,12 @@ def test_resume_reaches_the_uninterrupted_parameters(tmp_path, method):
     assert any(k.startswith("teacher.") for k in straight) == bool(method)  # the EMA teacher is saved
     for name, value in straight.items():
         torch.testing.assert_close(resumed[name], value, rtol=0, atol=0, msg=name)
+    if method is MOCO_QUEUE:  # the real queue, enqueued by the default step, resumes exactly
+        memories = [load_safe(list_checkpoints(tmp_path / r / "checkpoints")[-1])["memory"]
+                    for r in ("straight", "resumed")]
+        assert int(memories[0]["pointer"]) == (STEPS * 16) % 40
+        for name in ("keys", "ids", "pointer"):
+            assert torch.equal(memories[0][name], memories[1][name]), name
 
 
 def test_negative_control_without_restored_augmentation_rng(tmp_path, monkeypatch):
@@ -292,11 +302,11 @@ def _queue_plugin():
     class FillingStep(DefaultTrainStep):
         def __init__(self, components) -> None:
             super().__init__(components.view_generator, components.episode_builder)
-            self.memory = components.memory
+            self.toy_memory = components.memory
 
         def __call__(self, batch, ctx):
             terms = super().__call__(batch, ctx)
-            self.memory.update(batch.images.float().mean(dim=(1, 2, 3))[:, None] + ctx.step, batch.index)
+            self.toy_memory.update(batch.images.float().mean(dim=(1, 2, 3))[:, None] + ctx.step, batch.index)
             return terms
 
     @hookimpl

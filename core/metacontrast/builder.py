@@ -133,7 +133,9 @@ def build_components(cfg: DictConfig, plugins: PluginManager, context: BuildCont
     if OmegaConf.select(cfg, "teacher") is not None:
         t = cfg.teacher
         try:
-            teacher = EMATeacher(encoder, head, float(t.momentum), float(t.final_momentum), str(t.schedule))
+            views = None if t.views is None else tuple(int(v) for v in t.views)
+            teacher = EMATeacher(encoder, head, float(t.momentum), float(t.final_momentum), str(t.schedule),
+                                 views=views, shuffle_bn=bool(t.shuffle_bn))
         except ValueError as err:
             raise ConfigError(str(err)) from None
     model = Model(encoder, head, losses, weights, solver=solver,

@@ -145,11 +145,15 @@ class TeacherConfig:
     """An EMA copy of encoder and head (BYOL's target network, MoCo's key encoder), updated
     after every optimizer step: ``teacher = m * teacher + (1 - m) * online``. ``momentum``:
     m at the first step; ``schedule``: cosine (m rises to ``final_momentum`` along a half
-    cosine over training, as in BYOL) | constant."""
+    cosine over training, as in BYOL) | constant. ``views``: the views the teacher embeds
+    (null: all). ``shuffle_bn``: MoCo's shuffling BN under DDP (see
+    ``metacontrast.distributed.shuffled_forward``)."""
 
     momentum: float = 0.996
     final_momentum: float = 1.0
     schedule: str = "cosine"
+    views: Optional[list[int]] = None  # noqa: UP045
+    shuffle_bn: bool = False
 
 
 @dataclass

@@ -135,6 +135,29 @@ def gather_no_grad(t: Tensor) -> Tensor:
     return torch.cat(parts, dim=0)
 
 
+@torch.no_grad()
+def shuffled_forward(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``fn(x)`` for this rank's ``x (B, ...)``, computed on a batch shuffled across ranks.
+
+    All ranks' inputs are gathered, permuted by one random permutation (drawn on rank 0
+    from torch's global generator and broadcast), each rank runs ``fn`` on its share, and
+    the outputs return to the rank and row they came from (MoCo's shuffling BN: batch
+    statistics in ``fn`` mix samples of different ranks). Without a process group:
+    ``fn(x)``. Every rank must give the same B."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return fn(x)
+    world, rank, b = dist.get_world_size(), dist.get_rank(), x.shape[0]
+    everything = gather_no_grad(x)
+    perm = torch.randperm(world * b).to(x.device) if rank == 0 else torch.empty(world * b, dtype=torch.long,
+                                                                                 device=x.device)
+    dist.broadcast(perm, src=0)
+    mine = perm[rank * b:(rank + 1) * b]
+    out = gather_no_grad(fn(everything[mine]))  # row j of out is fn of input row perm[j]
+    restored = torch.empty_like(out)
+    restored[perm] = out
+    return restored[rank * b:(rank + 1) * b]
+
+
 def all_reduce_mean(t: Tensor) -> Tensor:
     """Mean of ``t`` over ranks (no gradient); identity without a process group."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:

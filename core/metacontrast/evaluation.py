@@ -49,6 +49,12 @@ def run_evaluators(evaluators: Mapping[str, Evaluator],
                      data.train_labels[train_index.to(data.train_labels.device)])
     test = Features(features(data.test_images), data.test_labels)
     metrics: dict[str, float] = {}
-    for ev in evaluators.values():
-        metrics.update(ev.evaluate(train, test))
+    owner: dict[str, str] = {}
+    for name, ev in evaluators.items():
+        for metric, value in ev.evaluate(train, test).items():
+            if metric in owner:
+                raise ValueError(f"eval.{name}: reports {metric!r}, which eval.{owner[metric]} reports "
+                                 f"too; keep one of them")
+            owner[metric] = name
+            metrics[metric] = value
     return metrics

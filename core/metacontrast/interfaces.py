@@ -36,7 +36,8 @@ class NoConfig:
 class BuildContext:
     """Facts a component may need at construction.
 
-    ``in_channels``/``image_size``: the stored images' C and H (= W). ``mean``/``std``:
+    ``in_channels``/``image_size``: the stored images' C and H (= W). ``num_train``: the
+    number of training images (sizes a memory bank indexed by sample). ``mean``/``std``:
     per-channel statistics in [0, 1] units. ``encoder_dim``/``head_dim``: D of ``h`` and
     ``z`` once those are built. ``rank``/``world_size``: the process group position.
     ``allowed_targets``: the ``_target_`` allowlist, for components that instantiate a
@@ -49,6 +50,7 @@ class BuildContext:
     std: tuple[float, ...]
     device: torch.device = attrs.field(factory=lambda: torch.device("cpu"))
     num_classes: int = 0
+    num_train: int = 0
     encoder_dim: int = 0
     head_dim: int = 0
     rank: int = 0
@@ -134,17 +136,72 @@ class Loss(nn.Module):
         raise NotImplementedError
 
 
+MEMORY_SOURCES = ("teacher_z", "z", "h")
+
+
+@attrs.define
+class MemoryConfig:
+    """What a memory is written with after each optimizer step: the rows of ``source``
+    (``teacher_z``: the EMA teacher's projections, MoCo's keys; ``z``: the online
+    projections; ``h``: representations) for the view indices ``views``, L2-normalised
+    when ``normalize``. Memory configs extend this class."""
+
+    source: str = "teacher_z"
+    views: list[int] = attrs.field(factory=lambda: [1])
+    normalize: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if self.source not in MEMORY_SOURCES:
+            raise ValueError(f"source: unknown source {self.source!r}; available: "
+                             f"{', '.join(MEMORY_SOURCES)}")
+        if not self.views or min(self.views) < 0:
+            raise ValueError(f"views: must list view indices >= 0, got {self.views}")
+
+    def dim(self, context: BuildContext) -> int:
+        """D of the keys: the head's output for projections, the encoder's for ``h``."""
+        return context.encoder_dim if self.source == "h" else context.head_dim
+
+
 class Memory(nn.Module):
-    """Keys ``(M, D)`` held in buffers; ``read() -> (M, D)``, ``update(keys, ids)``."""
+    """Keys ``(M, D)`` held in buffers (part of every checkpoint).
+
+    ``read() -> (M, D)``: what the losses see this step (``LossInputs.memory``).
+    ``keys_of(embeddings, views) -> (keys (n, D), ids (n,))``: what this rank writes after
+    the optimizer step (detached). ``update(keys, ids)``: the write itself, given the keys
+    of all ranks in rank order (the step gathers them first, without gradient).
+    """
 
     NAME: ClassVar[str]
-    Config: ClassVar[type] = NoConfig
+    Config: ClassVar[type] = MemoryConfig
 
     def read(self) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
     def update(self, keys: Tensor, ids: Tensor) -> None:  # pragma: no cover
         raise NotImplementedError
+
+    def keys_of(self, embeddings: Embeddings, views: Views) -> tuple[Tensor, Tensor]:
+        """Rows ``config.source`` of ``config.views`` -> ``(keys (len(views) * B, D), ids)``,
+        ids being the dataset indices of the source images (repeated per view)."""
+        config = self.config
+        if not isinstance(config, MemoryConfig):
+            raise TypeError(f"memory {self.NAME!r}: keys_of needs a MemoryConfig; override keys_of")
+        n_views = views.n_views
+        if max(config.views) >= n_views:
+            raise ValueError(f"memory.views: {config.views} names a view the view generator does not "
+                             f"make ({n_views} views)")
+        parts = []
+        for v in config.views:
+            if config.source == "teacher_z":
+                parts.append(embeddings.teacher_view(v, n_views))
+            else:
+                rows = embeddings.z if config.source == "z" else embeddings.h
+                b = rows.shape[0] // n_views
+                parts.append(rows[v * b:(v + 1) * b])
+        keys = torch.cat(parts).detach().float()
+        if config.normalize:
+            keys = torch.nn.functional.normalize(keys, dim=1)
+        return keys, views.index.repeat(len(config.views))
 
 
 class Evaluator:

@@ -11,8 +11,9 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from metacontrast import distributed
 from metacontrast.interfaces import Encoder, Head, Loss, Solver
-from metacontrast.records import Embeddings, Episode, LossInputs, LossTerms, Views
+from metacontrast.records import Embeddings, Episode, LossInputs, LossTerms, ShapeError, Views
 from metacontrast.teacher import EMATeacher
 
 
@@ -22,8 +23,8 @@ class Model(nn.Module):
     ``forward_chunks``: the V views are encoded in this many forward passes (1: all
     ``V * B`` images at once; views of different sizes are always encoded separately).
     ``channels_last``: images enter the encoder in channels-last memory format.
-    ``teacher``: an EMA copy of encoder and head; its projections of the views are
-    ``Embeddings.extras["teacher_z"]`` (no gradient). Auxiliary images of
+    ``teacher``: an EMA copy of encoder and head; its projections of the views it embeds
+    (``teacher.views``) are ``Embeddings.extras["teacher_z"]`` (no gradient). Auxiliary images of
     ``Views.extra`` are encoded in their own pass (so they do not change the batch
     statistics the views see); their projections are ``extras[name]``.
     """
@@ -59,14 +60,21 @@ class Model(nn.Module):
         else:
             h = torch.cat([self.encode(v) for v in views.images])
         extras = {name: self.head(self.encode(images)) for name, images in views.extra.items()}
+        teacher_views: tuple[int, ...] = ()
         if self.teacher is not None:
-            extras["teacher_z"] = torch.cat([self._teacher(v) for v in views.images])
-        return Embeddings(h=h, z=self.head(h), extras=extras)
+            teacher_views = self.teacher.views or tuple(range(views.n_views))
+            if max(teacher_views) >= views.n_views:
+                raise ShapeError(f"teacher.views: {list(teacher_views)} names a view the view "
+                                 f"generator does not make ({views.n_views} views)")
+            extras["teacher_z"] = torch.cat([self._teacher(views.images[v]) for v in teacher_views])
+        return Embeddings(h=h, z=self.head(h), extras=extras, teacher_views=teacher_views)
 
     def _teacher(self, images: Tensor) -> Tensor:
         assert self.teacher is not None
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        if self.teacher.shuffle_bn:
+            return distributed.shuffled_forward(self.teacher, images)
         return self.teacher(images)
 
     def update_teacher(self, step: int, total_steps: int) -> None:
@@ -74,10 +82,13 @@ class Model(nn.Module):
         if self.teacher is not None:
             self.teacher.update(self.encoder, self.head, step, total_steps)
 
-    def forward(self, views: Views, episode: Episode) -> tuple[LossTerms, Embeddings]:
+    def forward(self, views: Views, episode: Episode,
+                memory: Tensor | None = None) -> tuple[LossTerms, Embeddings]:
+        """``memory (M, D)``: the memory's keys read before the step, handed to the losses."""
         embeddings = self.embed(views)
         logits = self.solver(embeddings, episode) if self.solver is not None else None
-        inputs = LossInputs(views=views, episode=episode, embeddings=embeddings, logits=logits)
+        inputs = LossInputs(views=views, episode=episode, embeddings=embeddings, logits=logits,
+                            memory=memory)
         terms: dict[str, Tensor] = {}
         for name, loss in self.losses.items():
             terms[name] = self.weights[name] * loss(inputs).float()

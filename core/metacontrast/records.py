@@ -219,11 +219,14 @@ class Embeddings:
 
     ``h (V*B, D_h)``: representation. ``z (V*B, D_z)``: projection used by the losses.
     ``extras``: further named outputs (predictor outputs, rotation logits, ...).
+    ``teacher_views``: the views the EMA teacher embedded, in the order of the rows of
+    ``extras["teacher_z"] (len(teacher_views) * B, D_z)``; empty without a teacher.
     """
 
     h: Tensor
     z: Tensor
     extras: Mapping[str, Tensor] = attrs.field(factory=dict)
+    teacher_views: tuple[int, ...] = ()
 
     def __attrs_post_init__(self) -> None:
         _check(self.h.dim() == 2 and self.z.dim() == 2, "Embeddings",
@@ -235,6 +238,18 @@ class Embeddings:
         """The projections ``z`` of view ``v``: ``(B, D_z)``."""
         b = self.z.shape[0] // n_views
         return self.z[v * b:(v + 1) * b]
+
+    def teacher_view(self, v: int, n_views: int) -> Tensor:
+        """The teacher's projections of view ``v``: ``(B, D_z)``, no gradient. Raises
+        ``ShapeError`` naming ``teacher.views`` when the teacher did not embed view ``v``."""
+        if v not in self.teacher_views:
+            what = "no teacher is configured" if not self.teacher_views else \
+                f"the teacher embeds views {list(self.teacher_views)}"
+            raise ShapeError(f"Embeddings: teacher projections of view {v} asked for, but {what}; "
+                             f"set teacher.views to include {v}")
+        b = self.z.shape[0] // n_views
+        row = self.teacher_views.index(v)
+        return self.extras["teacher_z"][row * b:(row + 1) * b]
 
 
 @attrs.frozen(eq=False)
@@ -253,13 +268,15 @@ class Logits:
 
 @attrs.frozen(eq=False)
 class LossInputs:
-    """Everything a loss may read: the views, the episode, the embeddings and the
-    solver's logits (``None`` when the method has no solver)."""
+    """Everything a loss may read: the views, the episode, the embeddings, the solver's
+    logits (``None`` when the method has no solver) and ``memory (M, D)``, the configured
+    memory's keys as read before this step (``None`` without a memory)."""
 
     views: Views
     episode: Episode
     embeddings: Embeddings
     logits: Logits | None = None
+    memory: Tensor | None = None
 
 
 @attrs.frozen(eq=False)

@@ -19,11 +19,22 @@ SCHEDULES = ("cosine", "constant")
 
 
 class EMATeacher(nn.Module):
-    """``forward(images (N, C, H, W)) -> z (N, D_z)`` without gradient."""
+    """``forward(images (N, C, H, W)) -> z (N, D_z)`` without gradient.
+
+    ``views``: the view indices the teacher embeds (``None``: all; MoCo's key encoder needs
+    only the key view). ``shuffle_bn``: under DDP, embed a batch shuffled across ranks so
+    that BatchNorm statistics cannot tell which keys belong to which queries (MoCo's
+    shuffling BN); a no-op in one process.
+    """
 
     def __init__(self, encoder: nn.Module, head: nn.Module, momentum: float, final_momentum: float = 1.0,
-                 schedule: str = "cosine") -> None:
+                 schedule: str = "cosine", views: tuple[int, ...] | None = None,
+                 shuffle_bn: bool = False) -> None:
         super().__init__()
+        if views is not None and (not views or min(views) < 0 or len(set(views)) != len(views)):
+            raise ValueError(f"teacher.views must be distinct view indices >= 0, got {list(views)}")
+        self.views = None if views is None else tuple(int(v) for v in views)
+        self.shuffle_bn = shuffle_bn
         if not 0.0 <= momentum <= 1.0 or not 0.0 <= final_momentum <= 1.0:
             raise ValueError(f"teacher.momentum and teacher.final_momentum must be in [0, 1], got "
                              f"{momentum} and {final_momentum}")

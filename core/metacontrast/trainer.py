@@ -206,6 +206,7 @@ def setup(cfg: DictConfig, plugins: PluginManager | None = None) -> Run:
     data = distributed.run_on_main_first(lambda: load_dataset(cfg.data, eval_index)).to(device)
     context = BuildContext(in_channels=data.channels, image_size=data.image_size, mean=data.mean,
                            std=data.std, device=device, num_classes=data.num_classes,
+                           num_train=data.num_train,
                            rank=world.rank, world_size=world.world_size,
                            allowed_targets=allowed_targets)
     components = build_components(cfg, plugins, context)

@@ -27,20 +27,26 @@ class KNNConfig:
             raise ValueError(f"eval.knn.temperature must be > 0, got {self.temperature}")
 
 
+def knn_votes(sim: Tensor, idx: Tensor, train_y: Tensor, *, temperature: float,
+              num_classes: int) -> Tensor:
+    """Class scores ``(T, num_classes)`` from the cosine similarities ``sim (T, k)`` of each
+    test row's k nearest train rows ``idx (T, k)``: the per-class sum of
+    ``exp(cos / temperature)`` (InstDisc's weighted vote)."""
+    votes = torch.zeros(sim.shape[0], num_classes, dtype=torch.float32, device=sim.device)
+    return votes.scatter_add_(1, train_y[idx], (sim.float() / temperature).exp())
+
+
 def knn_predict(train_x: Tensor, train_y: Tensor, test_x: Tensor, *, k: int,
                 temperature: float, num_classes: int, chunk: int = 1024) -> Tensor:
-    """Weighted cosine kNN. ``train_x (N, D)``, ``train_y (N,)``, ``test_x (T, D)`` ->
-    class scores ``(T, num_classes)``: the sum over the k most similar train rows of
-    ``exp(cos / temperature)`` per class."""
+    """Weighted cosine kNN by brute force. ``train_x (N, D)``, ``train_y (N,)``,
+    ``test_x (T, D)`` -> class scores ``(T, num_classes)`` (see ``knn_votes``)."""
     bank = F.normalize(train_x.float(), dim=1)
     k = min(k, bank.shape[0])
     out = []
     for start in range(0, test_x.shape[0], chunk):
         q = F.normalize(test_x[start:start + chunk].float(), dim=1)
         sim, idx = (q @ bank.T).topk(k, dim=1)
-        votes = torch.zeros(q.shape[0], num_classes, dtype=sim.dtype, device=sim.device)
-        votes.scatter_add_(1, train_y[idx], (sim / temperature).exp())
-        out.append(votes)
+        out.append(knn_votes(sim, idx, train_y, temperature=temperature, num_classes=num_classes))
     return torch.cat(out)
 
 

@@ -45,4 +45,5 @@ def metacontrast_register_evaluators() -> list[type]:
 
 @hookimpl(trylast=True)
 def metacontrast_make_train_step(config: Any, components: Any) -> DefaultTrainStep:
-    return DefaultTrainStep(components.view_generator, components.episode_builder, components.view_transforms)
+    return DefaultTrainStep(components.view_generator, components.episode_builder, components.view_transforms,
+                            memory=components.memory)

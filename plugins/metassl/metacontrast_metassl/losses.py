@@ -66,6 +66,9 @@ class BYOLLoss(Loss):
         emb, ep = inputs.embeddings, inputs.episode
         if "teacher_z" not in emb.extras:
             raise ShapeError("byol needs the EMA teacher's projections: set teacher (method=byol does)")
+        if emb.teacher_views != tuple(range(inputs.views.n_views)):
+            raise ShapeError(f"byol regresses the teacher's projections of every view; the teacher embeds "
+                             f"views {list(emb.teacher_views)}: set teacher.views=null")
         p = F.normalize(self.predictor(emb.z).float(), dim=-1)
         t = F.normalize(emb.extras["teacher_z"].float(), dim=-1)
         local = local_episode(ep)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
+from metacontrast.interfaces import BuildContext
+from metacontrast.records import Embeddings, Episode, Views
 from metacontrast_metassl.losses import QueryCELoss, soft_cross_entropy
 from metacontrast_metassl.solvers import (
     AllPairsConfig,
@@ -18,9 +21,6 @@ from metacontrast_metassl.solvers import (
     ridge_weights,
 )
 from metacontrast_metassl.svm import SVMConfig, SVMSolver, project_simplex, svm_dual, svm_dual_gradient
-
-from metacontrast.interfaces import BuildContext
-from metacontrast.records import Embeddings, Episode, Views
 from metacontrast_simclr.nt_xent import nt_xent
 
 CTX = BuildContext(in_channels=3, image_size=8, mean=(0.5,) * 3, std=(0.2,) * 3, head_dim=5)

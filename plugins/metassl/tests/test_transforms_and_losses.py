@@ -6,6 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
+from metacontrast.interfaces import BuildContext
+from metacontrast.records import Embeddings, Episode, LossInputs, Views
+from metacontrast.teacher import EMATeacher
 from metacontrast_metassl.losses import BYOLConfig, BYOLLoss, RotationLoss
 from metacontrast_metassl.transforms import (
     NaiveRotation,
@@ -15,10 +19,6 @@ from metacontrast_metassl.transforms import (
     UnMix,
     UnMixConfig,
 )
-
-from metacontrast.interfaces import BuildContext
-from metacontrast.records import Embeddings, Episode, LossInputs, Views
-from metacontrast.teacher import EMATeacher
 
 CTX = BuildContext(in_channels=3, image_size=6, mean=(0.5,) * 3, std=(0.2,) * 3, head_dim=4)
 
@@ -117,7 +117,7 @@ def test_byol_loss_is_the_symmetrised_regression_of_the_paper():
     loss = BYOLLoss(BYOLConfig(predictor_hidden=8), CTX).eval()
     z, t = torch.randn(2 * b, 4), torch.randn(2 * b, 4)
     ep = Episode.from_views(_views(b=b))
-    got = loss(LossInputs(views=_views(b=b), episode=ep, embeddings=Embeddings(h=z, z=z, extras={"teacher_z": t})))
+    got = loss(LossInputs(views=_views(b=b), episode=ep, embeddings=Embeddings(h=z, z=z, extras={"teacher_z": t}, teacher_views=(0, 1))))
     p = loss.predictor(z)
     want = sum(2 - 2 * F.cosine_similarity(p[i], t[b + i], dim=0) + 2 - 2 * F.cosine_similarity(p[b + i], t[i], dim=0)
                for i in range(b)) / b

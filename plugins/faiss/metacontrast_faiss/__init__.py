@@ -1,0 +1,1 @@
+"""metacontrast-faiss: memories (key queue, momentum memory bank) and faiss search."""

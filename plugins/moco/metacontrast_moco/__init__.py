@@ -1,0 +1,1 @@
+"""metacontrast-moco: MoCo v2's queue InfoNCE loss."""
