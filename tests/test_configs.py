@@ -28,6 +28,7 @@ def _options() -> list[tuple[str, str]]:
 
 # groups outside the primary defaults list are added with '+'
 ADDED_GROUPS = {"task_aug", "aux", "mix"}
+SMALL_STRONG = ["encoder.pool=avg", "views.weak.size=32", "views.strong_sizes=[16]"]
 # what an option needs from the rest of the config to run
 NEEDS = {
     ("solver", "protonet"): ["episode=n_way_k_shot", "loss=[query_ce]"],
@@ -38,6 +39,13 @@ NEEDS = {
     ("loss", "byol"): ["method=byol"],
     ("loss", "moco_infonce"): ["method=moco_v2"],
     ("memory", "queue"): ["memory.source=z"],  # no teacher here: the online projections
+    # CLSA's views come in several sizes: Conv-4 pools globally; ImageNet sizes shrunk for the
+    # CPU. The digits experiment of TINY sets views, so methods name theirs again.
+    ("loss", "ddm"): ["method=clsa_single", "views=clsa_single_cifar", *SMALL_STRONG],
+    **{("views", v): ["method=clsa_single", *SMALL_STRONG]
+       for v in ("clsa_single", "clsa_multi", "clsa_single_cifar", "clsa_multi_cifar")},
+    **{("method", m): ["views=clsa_single_cifar", *SMALL_STRONG]
+       for m in ("clsa_single", "clsa_multi", "clsa_single_contrastive", "moco_v2_strong_query")},
     ("mix", "unmix"): ["solver=all_pairs", "loss=[query_ce]"],  # soft targets: not nt_xent
     ("eval", "few_shot"): ["eval.few_shot.episodes=20", "eval.few_shot.queries=3"],
 }

@@ -93,6 +93,18 @@ def _named_map(cfg: DictConfig, key: str) -> dict[str, dict[str, Any]]:
     return {str(k): dict(v) for k, v in container.items() if v is not None}
 
 
+def _check_single_view_readers(losses: dict[str, Any], solver: Any) -> None:
+    """``teacher.exclusive`` leaves the teacher's views out of ``Embeddings.h``/``z``: only
+    losses that read single views (and no solver) can run."""
+    if solver is not None:
+        raise ConfigError(f"teacher.exclusive: solver {solver.NAME!r} reads every view; set "
+                          f"teacher.exclusive=false or solver=none")
+    for name, loss in losses.items():
+        if loss.READS_ALL_VIEWS:
+            raise ConfigError(f"teacher.exclusive: loss {name!r} reads every view's projections; set "
+                              f"teacher.exclusive=false")
+
+
 def build_components(cfg: DictConfig, plugins: PluginManager, context: BuildContext) -> Components:
     """Build every component the config names, encoder first (its D sizes the head)."""
     view_generator = build_one(plugins, "view_generator", "views", _node(cfg, "views"), context)
@@ -135,9 +147,11 @@ def build_components(cfg: DictConfig, plugins: PluginManager, context: BuildCont
         try:
             views = None if t.views is None else tuple(int(v) for v in t.views)
             teacher = EMATeacher(encoder, head, float(t.momentum), float(t.final_momentum), str(t.schedule),
-                                 views=views, shuffle_bn=bool(t.shuffle_bn))
+                                 views=views, shuffle_bn=bool(t.shuffle_bn), exclusive=bool(t.exclusive))
         except ValueError as err:
             raise ConfigError(str(err)) from None
+        if teacher.exclusive:
+            _check_single_view_readers(losses, solver)
     model = Model(encoder, head, losses, weights, solver=solver,
                   forward_chunks=int(cfg.trainer.forward_chunks),
                   channels_last=bool(cfg.trainer.channels_last), teacher=teacher)

@@ -147,13 +147,15 @@ class TeacherConfig:
     m at the first step; ``schedule``: cosine (m rises to ``final_momentum`` along a half
     cosine over training, as in BYOL) | constant. ``views``: the views the teacher embeds
     (null: all). ``shuffle_bn``: MoCo's shuffling BN under DDP (see
-    ``metacontrast.distributed.shuffled_forward``)."""
+    ``metacontrast.distributed.shuffled_forward``). ``exclusive``: the online network
+    skips the teacher's views (MoCo's key view); every loss must then read single views."""
 
     momentum: float = 0.996
     final_momentum: float = 1.0
     schedule: str = "cosine"
     views: Optional[list[int]] = None  # noqa: UP045
     shuffle_bn: bool = False
+    exclusive: bool = False
 
 
 @dataclass

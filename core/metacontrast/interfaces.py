@@ -127,10 +127,15 @@ class Solver(nn.Module):
 
 
 class Loss(nn.Module):
-    """LossInputs -> 0-dim loss. The configured ``weight`` is applied by the step."""
+    """LossInputs -> 0-dim loss. The configured ``weight`` is applied by the step.
+
+    ``READS_ALL_VIEWS``: the loss reads ``Embeddings.h``/``z`` as every view's rows; a
+    loss that only asks for single views (``Embeddings.view``) sets it ``False`` and may
+    then run with ``teacher.exclusive`` (the online network skipping the key views)."""
 
     NAME: ClassVar[str]
     Config: ClassVar[type] = NoConfig
+    READS_ALL_VIEWS: ClassVar[bool] = True
 
     def forward(self, inputs: LossInputs) -> Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -194,10 +199,10 @@ class Memory(nn.Module):
         for v in config.views:
             if config.source == "teacher_z":
                 parts.append(embeddings.teacher_view(v, n_views))
+            elif config.source == "z":
+                parts.append(embeddings.view(v, n_views))
             else:
-                rows = embeddings.z if config.source == "z" else embeddings.h
-                b = rows.shape[0] // n_views
-                parts.append(rows[v * b:(v + 1) * b])
+                parts.append(embeddings.h_view(v, n_views))
         keys = torch.cat(parts).detach().float()
         if config.normalize:
             keys = torch.nn.functional.normalize(keys, dim=1)

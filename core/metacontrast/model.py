@@ -51,14 +51,24 @@ class Model(nn.Module):
             images = images.contiguous(memory_format=torch.channels_last)
         return self.encoder(images)
 
+    def online_views(self, n_views: int) -> tuple[int, ...]:
+        """The views the online network embeds: all, or those the teacher does not own
+        (``teacher.exclusive``)."""
+        if self.teacher is None or not self.teacher.exclusive:
+            return tuple(range(n_views))
+        return tuple(v for v in range(n_views) if v not in (self.teacher.views or ()))
+
     def embed(self, views: Views) -> Embeddings:
-        """All V views -> ``Embeddings`` with ``h``, ``z`` of shape ``(V * B, D)``."""
-        same_size = len({tuple(v.shape[1:]) for v in views.images}) == 1
+        """The online views (all V unless ``teacher.exclusive``) -> ``Embeddings`` with
+        ``h``, ``z`` of shape ``(V_online * B, D)``."""
+        online = self.online_views(views.n_views)
+        images = [views.images[v] for v in online]
+        same_size = len({tuple(v.shape[1:]) for v in images}) == 1
         if same_size:
-            chunks = torch.cat(views.images).chunk(self.forward_chunks)
+            chunks = torch.cat(images).chunk(self.forward_chunks)
             h = torch.cat([self.encode(c) for c in chunks]) if len(chunks) > 1 else self.encode(chunks[0])
         else:
-            h = torch.cat([self.encode(v) for v in views.images])
+            h = torch.cat([self.encode(v) for v in images])
         extras = {name: self.head(self.encode(images)) for name, images in views.extra.items()}
         teacher_views: tuple[int, ...] = ()
         if self.teacher is not None:
@@ -67,7 +77,9 @@ class Model(nn.Module):
                 raise ShapeError(f"teacher.views: {list(teacher_views)} names a view the view "
                                  f"generator does not make ({views.n_views} views)")
             extras["teacher_z"] = torch.cat([self._teacher(views.images[v]) for v in teacher_views])
-        return Embeddings(h=h, z=self.head(h), extras=extras, teacher_views=teacher_views)
+        all_views = len(online) == views.n_views
+        return Embeddings(h=h, z=self.head(h), extras=extras, teacher_views=teacher_views,
+                          online_views=() if all_views else online)
 
     def _teacher(self, images: Tensor) -> Tensor:
         assert self.teacher is not None

@@ -221,12 +221,15 @@ class Embeddings:
     ``extras``: further named outputs (predictor outputs, rotation logits, ...).
     ``teacher_views``: the views the EMA teacher embedded, in the order of the rows of
     ``extras["teacher_z"] (len(teacher_views) * B, D_z)``; empty without a teacher.
+    ``online_views``: the views whose rows ``h`` and ``z`` hold, in order, when the online
+    network skipped some (``teacher.exclusive``); empty: every view.
     """
 
     h: Tensor
     z: Tensor
     extras: Mapping[str, Tensor] = attrs.field(factory=dict)
     teacher_views: tuple[int, ...] = ()
+    online_views: tuple[int, ...] = ()
 
     def __attrs_post_init__(self) -> None:
         _check(self.h.dim() == 2 and self.z.dim() == 2, "Embeddings",
@@ -234,10 +237,22 @@ class Embeddings:
         _check(self.h.shape[0] == self.z.shape[0], "Embeddings",
                f"h and z disagree on V*B: {self.h.shape[0]} vs {self.z.shape[0]}")
 
+    def _rows(self, v: int, n_views: int) -> slice:
+        views = self.online_views or tuple(range(n_views))
+        if v not in views:
+            raise ShapeError(f"Embeddings: view {v} asked for, but the online network embeds views "
+                             f"{list(views)} (teacher.exclusive skips the teacher's views)")
+        b = self.z.shape[0] // len(views)
+        row = views.index(v)
+        return slice(row * b, (row + 1) * b)
+
     def view(self, v: int, n_views: int) -> Tensor:
         """The projections ``z`` of view ``v``: ``(B, D_z)``."""
-        b = self.z.shape[0] // n_views
-        return self.z[v * b:(v + 1) * b]
+        return self.z[self._rows(v, n_views)]
+
+    def h_view(self, v: int, n_views: int) -> Tensor:
+        """The representations ``h`` of view ``v``: ``(B, D_h)``."""
+        return self.h[self._rows(v, n_views)]
 
     def teacher_view(self, v: int, n_views: int) -> Tensor:
         """The teacher's projections of view ``v``: ``(B, D_z)``, no gradient. Raises
@@ -247,7 +262,7 @@ class Embeddings:
                 f"the teacher embeds views {list(self.teacher_views)}"
             raise ShapeError(f"Embeddings: teacher projections of view {v} asked for, but {what}; "
                              f"set teacher.views to include {v}")
-        b = self.z.shape[0] // n_views
+        b = self.extras["teacher_z"].shape[0] // len(self.teacher_views)
         row = self.teacher_views.index(v)
         return self.extras["teacher_z"][row * b:(row + 1) * b]
 

@@ -29,12 +29,15 @@ class EMATeacher(nn.Module):
 
     def __init__(self, encoder: nn.Module, head: nn.Module, momentum: float, final_momentum: float = 1.0,
                  schedule: str = "cosine", views: tuple[int, ...] | None = None,
-                 shuffle_bn: bool = False) -> None:
+                 shuffle_bn: bool = False, exclusive: bool = False) -> None:
         super().__init__()
         if views is not None and (not views or min(views) < 0 or len(set(views)) != len(views)):
             raise ValueError(f"teacher.views must be distinct view indices >= 0, got {list(views)}")
         self.views = None if views is None else tuple(int(v) for v in views)
         self.shuffle_bn = shuffle_bn
+        if exclusive and views is None:
+            raise ValueError("teacher.exclusive needs teacher.views: the online network must keep some views")
+        self.exclusive = exclusive
         if not 0.0 <= momentum <= 1.0 or not 0.0 <= final_momentum <= 1.0:
             raise ValueError(f"teacher.momentum and teacher.final_momentum must be in [0, 1], got "
                              f"{momentum} and {final_momentum}")

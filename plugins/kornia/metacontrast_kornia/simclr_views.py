@@ -82,8 +82,12 @@ class SimCLRViews(ViewGenerator):
         self.config = config
         self.size = config.size or context.image_size
         self.mean, self.std = context.mean, context.std
-        k = max(3, round(config.blur_kernel_fraction * self.size))
-        self.blur_kernel = k if k % 2 else k + 1
+        self.blur_kernel = self.kernel_for(self.size)
+
+    def kernel_for(self, size: int) -> int:
+        """Blur kernel side for views of side ``size`` (odd, >= 3)."""
+        k = max(3, round(self.config.blur_kernel_fraction * size))
+        return k if k % 2 else k + 1
 
     def draw(self, batch_size: int, height: int, width: int,
              generator: torch.Generator) -> dict[str, Tensor]:
@@ -102,11 +106,12 @@ class SimCLRViews(ViewGenerator):
             "solarize": params.bernoulli(v, b, c.solarize_p, generator, dev),
         }
 
-    def apply(self, images: Tensor, p: dict[str, Tensor], v: int) -> Tensor:
+    def apply(self, images: Tensor, p: dict[str, Tensor], v: int, size: int = 0) -> Tensor:
         """View ``v`` of uint8 ``images (B, C, H, W)`` under parameters ``p`` -> float
-        ``(B, C, S, S)`` in [0, 1] (before normalisation)."""
+        ``(B, C, S, S)`` in [0, 1] (before normalisation); ``size`` overrides S."""
+        size = size or self.size
         x = images.float().div_(255.0)
-        x = ops.crop_resize_flip(x, p["crop"][v], p["flip"][v], self.size)
+        x = ops.crop_resize_flip(x, p["crop"][v], p["flip"][v], size)
         sel = p["jitter"][v].nonzero().squeeze(1)
         if sel.numel():
             x[sel] = ops.color_jitter(x[sel], p["jitter_factors"][v, sel], p["jitter_order"][v, sel])
@@ -115,7 +120,7 @@ class SimCLRViews(ViewGenerator):
             x = torch.where(gray, ops.grayscale(x).expand_as(x), x)
         sel = p["blur"][v].nonzero().squeeze(1)
         if sel.numel() and self.config.blur_p > 0:
-            x[sel] = ops.gaussian_blur(x[sel], p["blur_sigma"][v, sel], self.blur_kernel)
+            x[sel] = ops.gaussian_blur(x[sel], p["blur_sigma"][v, sel], self.kernel_for(size))
         if self.config.solarize_p > 0:
             flag = p["solarize"][v].view(-1, 1, 1, 1)
             x = torch.where(flag, ops.solarize(x, self.config.solarize_threshold), x)

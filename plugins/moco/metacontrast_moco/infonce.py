@@ -48,6 +48,7 @@ class QueueInfoNCELoss(Loss):
 
     NAME = "moco_infonce"
     Config = QueueInfoNCEConfig
+    READS_ALL_VIEWS = False
 
     def __init__(self, config: QueueInfoNCEConfig, context: BuildContext) -> None:
         super().__init__()

@@ -1,0 +1,1 @@
+"""metacontrast-clsa: CLSA's distributional divergence minimisation (DDM) loss."""

@@ -1,0 +1,110 @@
+"""CLSA's views: weak views (MoCo v2's augmentations) and strong views (a random resized
+crop, then rounds of Table 1's operations), all batched on the device.
+
+Views ``0 .. n_weak - 1`` are weak; the following ones are strong, one per entry of
+``strong_sizes`` (CLSA-single: one 96-pixel crop at ImageNet scale; CLSA-multi: 224,
+192, 160, 128 and 96). Parameters of every view travel in ``Views.params`` with leading
+dims ``(V, B)``: the SimCLR-style ones of ``simclr_views`` plus ``strong_op``,
+``strong_apply`` and ``strong_magnitude`` ``(V, B, rounds)`` (never applied on weak views).
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+from torch import Tensor
+
+from metacontrast.imageops import normalize
+from metacontrast.interfaces import BuildContext, ViewGenerator
+from metacontrast.records import Batch, Views
+from metacontrast_kornia import params, strong_ops
+from metacontrast_kornia.simclr_views import SimCLRViews, SimCLRViewsConfig, _pair, _probability
+
+
+def _moco_v2_weak() -> SimCLRViewsConfig:
+    return SimCLRViewsConfig(n_views=2, crop_scale=[0.2, 1.0], strength=0.5, blur_p=0.5)
+
+
+@attrs.define
+class WeakStrongViewsConfig:
+    """``weak``: the weak views' settings (those of ``views=simclr``; MoCo v2's by default).
+    ``strong_sizes``: side of each strong view (0: the stored size). ``strong_crop_scale``:
+    area range of the strong views' crops. ``strong_colour``: apply the weak colour
+    distortion (jitter, grayscale, blur) before the strong operations (the paper leaves
+    this open; false gives crop, flip and the operations only). ``rounds``: operations
+    drawn per image (5), each applied with probability ``op_p`` (0.5). ``fill``: grey level
+    of pixels uncovered by geometric operations."""
+
+    weak: SimCLRViewsConfig = attrs.field(factory=_moco_v2_weak)
+    strong_sizes: list[int] = attrs.field(factory=lambda: [96])
+    strong_crop_scale: list[float] = attrs.field(factory=lambda: [0.2, 1.0])
+    strong_colour: bool = True
+    rounds: int = 5
+    op_p: float = 0.5
+    fill: float = 0.5
+
+    def __attrs_post_init__(self) -> None:
+        if not self.strong_sizes or min(self.strong_sizes) < 0:
+            raise ValueError(f"views.strong_sizes must list sizes >= 0, got {self.strong_sizes}")
+        _pair("strong_crop_scale", self.strong_crop_scale)
+        _probability("op_p", self.op_p)
+        if self.rounds < 0:
+            raise ValueError(f"views.rounds must be >= 0, got {self.rounds}")
+        if not 0.0 <= self.fill <= 1.0:
+            raise ValueError(f"views.fill must be in [0, 1], got {self.fill}")
+
+
+class WeakStrongViews(ViewGenerator):
+    """``Batch`` uint8 ``(B, C, H, W)`` -> ``Views``: ``weak.n_views`` weak views of the
+    weak size, then one strong view per ``strong_sizes`` entry."""
+
+    NAME = "weak_strong"
+    Config = WeakStrongViewsConfig
+
+    def __init__(self, config: WeakStrongViewsConfig, context: BuildContext) -> None:
+        super().__init__()
+        self.config = config
+        self.weak = SimCLRViews(config.weak, context)
+        no_colour = {} if config.strong_colour else {"jitter_p": 0.0, "grayscale_p": 0.0, "blur_p": 0.0,
+                                                    "solarize_p": 0.0}
+        strong = attrs.evolve(config.weak, n_views=len(config.strong_sizes),
+                              crop_scale=list(config.strong_crop_scale), **no_colour)
+        self.strong = SimCLRViews(strong, context)
+        self.strong_sizes = [s or context.image_size for s in config.strong_sizes]
+        self.mean, self.std = context.mean, context.std
+
+    @property
+    def n_weak(self) -> int:
+        return self.config.weak.n_views
+
+    def draw(self, batch_size: int, height: int, width: int, generator: torch.Generator) -> dict[str, Tensor]:
+        """Every random parameter of the weak and strong views, ``(V, B, ...)``."""
+        weak = self.weak.draw(batch_size, height, width, generator)
+        strong = self.strong.draw(batch_size, height, width, generator)
+        p = {k: torch.cat([weak[k], strong[k]]) for k in weak}
+        n_strong, r, dev = len(self.strong_sizes), self.config.rounds, generator.device
+        op = torch.randint(len(strong_ops.OPS), (n_strong, batch_size, r), generator=generator, device=dev)
+        apply = params.bernoulli(n_strong, batch_size * r, self.config.op_p, generator, dev).view(op.shape)
+        magnitude = strong_ops.magnitudes(op, torch.rand(op.shape, generator=generator, device=dev))
+        pad = (self.n_weak, batch_size, r)
+        p["strong_op"] = torch.cat([torch.zeros(pad, dtype=op.dtype, device=dev), op])
+        p["strong_apply"] = torch.cat([torch.zeros(pad, dtype=torch.bool, device=dev), apply])
+        p["strong_magnitude"] = torch.cat([torch.zeros(pad, device=dev), magnitude])
+        return p
+
+    def apply(self, images: Tensor, p: dict[str, Tensor], v: int) -> Tensor:
+        """View ``v`` under parameters ``p`` -> float ``(B, C, S_v, S_v)`` in [0, 1]."""
+        if v < self.n_weak:
+            return self.weak.apply(images, p, v)
+        x = self.strong.apply(images, p, v, size=self.strong_sizes[v - self.n_weak])
+        return strong_ops.strong_augment(x, p["strong_op"][v], p["strong_apply"][v], p["strong_magnitude"][v],
+                                         self.config.fill)
+
+    def forward(self, batch: Batch, generator: torch.Generator) -> Views:
+        with torch.autocast(batch.images.device.type, enabled=False):  # views stay float32
+            b, _, h, w = batch.images.shape
+            p = self.draw(b, h, w, generator)
+            n_views = self.n_weak + len(self.strong_sizes)
+            views = tuple(normalize(self.apply(batch.images, p, v), self.mean, self.std)
+                          for v in range(n_views))
+            return Views(images=views, index=batch.index, params=p)
