@@ -1,7 +1,7 @@
 """Train-step cost of each method against SimCLR, at the same encoder and batch.
 
 One process builds every method on the same data (ResNet-18 with CIFAR stem, CIFAR-10
-images, batch B, two views, bf16 autocast where supported, channels_last) and times the
+images, batch B, the method's views, bf16 autocast where supported, channels_last) and times the
 trainer's full step for each, in interleaved rounds (best of R). The solver's own cost is
 also timed alone: forward and backward of solver + query loss on fixed projections of
 the 2B view-samples. Run:
@@ -31,6 +31,9 @@ METHODS = {
     "r2d2": ["method=r2d2"],
     "svm (30 FISTA steps)": ["method=svm"],
     "byol (EMA teacher)": ["method=byol", "head.hidden_dim=2048", "head.out_dim=256"],
+    "moco_v2 (key encoder on view 1 only, queue 65536)": ["method=moco_v2", "views=moco_v2_cifar"],
+    "clsa_single (+ one 14-px strong view, DDM)": ["method=clsa_single", "views=clsa_single_cifar"],
+    "clsa_multi (+ 32/28/24/18/14-px strong views)": ["method=clsa_multi", "views=clsa_multi_cifar"],
 }
 
 
@@ -92,20 +95,23 @@ def main() -> None:
             if name in solvers else "-"
         rows.append([name, f"{t:.2f}", f"{t / base:.2f}", s])
     body = "\n".join([
-        "### Step cost of the meta-learning solvers vs SimCLR (ResNet-18, CIFAR stem)",
+        "### Step cost of each method vs SimCLR (ResNet-18, CIFAR stem)",
         "",
         f"Command: `.venv/bin/python benchmarks/solver_step_cost.py --data-root {args.data_root} "
         f"--batch {args.batch} --write`",
         "",
-        f"Machine: {machine()}. Batch {args.batch} images, 2 views, bf16 autocast and channels_last, "
+        f"Machine: {machine()}. Batch {args.batch} images (2 views of 32 pixels unless the method "
+        "says otherwise), bf16 autocast and channels_last, "
         f"best of {args.rounds} interleaved rounds of {args.steps} steps.",
         "",
         markdown_table(["method", "full step (s)", "step / SimCLR step", "solver + loss alone (fwd+bwd)"],
                        rows),
         "",
         "The full step is the trainer's (views on the device, encoder, head, solver, losses, "
-        "backward, LARS, scheduler, EMA update). The solver column times the solver and its "
-        "loss on fixed projections of the 2B view-samples, in float32.",
+        "backward, optimizer, scheduler, EMA update, memory write). The solver column times the "
+        "solver and its loss on fixed projections of the 2B view-samples, in float32. MoCo v2 "
+        "encodes one view online (forward and backward) and one with the key encoder (forward "
+        "only); CLSA adds the strong views online.",
     ])
     print(body)
     if args.write:

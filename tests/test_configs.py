@@ -46,6 +46,7 @@ NEEDS = {
        for v in ("clsa_single", "clsa_multi", "clsa_single_cifar", "clsa_multi_cifar")},
     **{("method", m): ["views=clsa_single_cifar", *SMALL_STRONG]
        for m in ("clsa_single", "clsa_multi", "clsa_single_contrastive", "moco_v2_strong_query")},
+    ("method", "moco_v2_strong_query_key"): ["views=clsa_single_cifar", *SMALL_STRONG, "views.strong_sizes=[16,16]"],
     ("mix", "unmix"): ["solver=all_pairs", "loss=[query_ce]"],  # soft targets: not nt_xent
     ("eval", "few_shot"): ["eval.few_shot.episodes=20", "eval.few_shot.queries=3"],
 }
@@ -108,8 +109,11 @@ def test_config_composes_and_runs_two_steps(group, option, tmp_path):
     extra += NEEDS.get((group, option), [])
     if group == "data":
         extra += _data_overrides(option, tmp_path)
-    if group == "experiment" and (option.startswith("cifar10") or option.startswith("table6")):
+    if group == "experiment" and option.startswith(("cifar10", "table6", "clsa_table4")):
         extra += _data_overrides("cifar10", tmp_path)
+    if group == "experiment" and option.startswith("imagenet"):  # ResNet-50 recipes: tiny images here
+        sizes = ["views.size=32"] if option == "imagenet_moco_v2" else ["views.weak.size=32", "views.strong_sizes=[16]"]
+        extra += [*_data_overrides("imagefolder", tmp_path), "data.workers=1", "trainer.batch_size=4", *sizes]
     if group == "experiment" and option.startswith("omniglot"):
         extra += [*_data_overrides("omniglot", tmp_path), "eval.few_shot.episodes=10", "eval.few_shot.queries=1",
                   "eval.few_shot.shots=[1]", "eval.few_shot.ways=3"]
@@ -117,7 +121,7 @@ def test_config_composes_and_runs_two_steps(group, option, tmp_path):
         extra += ["trainer.batch_size=4"]
     if group == "episode" and option == "n_way_k_shot":
         extra += ["views.n_views=2"]
-    own_eval = group == "experiment" and option.startswith("omniglot")  # chooses its evaluators
+    own_eval = group == "experiment" and option.startswith(("omniglot", "clsa_table4", "imagenet"))  # own evaluators
     base = [o for o in TINY if not (o.startswith("eval.") and (own_eval or (
         group == "eval" and not o.startswith(f"eval.{option}."))))]
     run_dir = tmp_path / "run"

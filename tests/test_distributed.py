@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -76,6 +78,15 @@ def test_global_batchnorm_without_a_group_is_batchnorm():
     torch.testing.assert_close(converted[0].running_mean, bn.running_mean)
 
 
+def test_converting_a_frozen_batchnorm_keeps_it_frozen():
+    """An EMA teacher's BatchNorm must not become trainable: DDP would wait for gradients
+    that never come (BYOL and MoCo under torchrun failed that way)."""
+    frozen = nn.BatchNorm2d(3).requires_grad_(False)
+    converted = convert_sync_batchnorm(nn.Sequential(frozen, nn.BatchNorm2d(3)), "cpu")
+    assert not converted[0].weight.requires_grad and not converted[0].bias.requires_grad
+    assert converted[1].weight.requires_grad and converted[1].bias.requires_grad
+
+
 @pytest.mark.distributed
 def test_torchrun_trains_two_steps_end_to_end(tmp_path):
     from .conftest import TINY
@@ -87,8 +98,6 @@ def test_torchrun_trains_two_steps_end_to_end(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    import json
-
     results = json.loads((run_dir / "results.json").read_text())
     assert results["world_size"] == 2 and results["global_batch"] == 16 and results["steps"] == 2
     payload = torch.load(sorted((run_dir / "checkpoints").iterdir())[-1], weights_only=True)
@@ -121,3 +130,27 @@ def test_shuffled_forward_without_a_group_is_the_function():
 
     x = torch.randn(5, 3)
     assert torch.equal(shuffled_forward(lambda t: t * 2, x), x * 2)
+
+
+@pytest.mark.distributed
+def test_torchrun_trains_clsa_with_shuffled_keys_and_a_shared_queue(tmp_path):
+    """CLSA-single under 2 gloo processes (EMA key encoder with shuffling BN, GlobalBatchNorm
+    elsewhere): it trains, and every step enqueues the keys of both ranks (16, not 8)."""
+    from .conftest import TINY
+
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "metacontrast.cli", "train", *TINY, "method=clsa_single", "views=clsa_single_cifar",
+           "encoder.pool=avg", "views.strong_sizes=[16]", "memory.size=40", "trainer.batch_size=8",
+           "head.hidden_dim=32", "head.out_dim=16", "trainer.checkpoint_every=1", "trainer.keep_checkpoints=0",
+           f"trainer.run_dir={run_dir}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    checkpoints = sorted((run_dir / "checkpoints").iterdir())
+    first, last = (torch.load(c, weights_only=True) for c in (checkpoints[0], checkpoints[-1]))
+    # 2 steps x 2 ranks x 8 keys enqueued into 40 slots
+    assert int(last["memory"]["pointer"]) == 32
+    assert int(first["memory"]["pointer"]) == 16 and (first["memory"]["ids"][:16] >= 0).all()
+    rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss/ddm"' in r]
+    assert rows and all(np.isfinite(r["loss/ddm"]) and np.isfinite(r["loss/moco_infonce"]) for r in rows)

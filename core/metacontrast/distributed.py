@@ -265,6 +265,9 @@ def _convert(module: nn.Module) -> nn.Module:
             with torch.no_grad():
                 out.weight.copy_(module.weight)
                 out.bias.copy_(module.bias)
+            # a frozen module (an EMA teacher) stays frozen: DDP would wait for its gradients
+            out.weight.requires_grad_(module.weight.requires_grad)
+            out.bias.requires_grad_(module.bias.requires_grad)
         if module.track_running_stats:
             out.running_mean.copy_(module.running_mean)
             out.running_var.copy_(module.running_var)
