@@ -27,8 +27,10 @@ def machine() -> str:
         pass
     threads = torch.get_num_threads()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} with {threads} threads, "
-            f"{gpu}; {datetime.date.today().isoformat()}")
+    bf16 = "with bf16" if torch.cpu._is_avx512_bf16_supported() else "no bf16: fp32 by default"
+    isa = f"{torch.backends.cpu.get_cpu_capability()}, {bf16}"
+    return (f"{cpu} ({isa}), {os.cpu_count()} cores visible, torch {torch.__version__} with {threads} "
+            f"threads, {gpu}; {datetime.date.today().isoformat()}")
 
 
 def seconds(fn: Callable[[], None], repeats: int, sync: Callable[[], None] = lambda: None) -> float:

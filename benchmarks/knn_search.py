@@ -28,9 +28,9 @@ from metacontrast_faiss.knn import FaissKNNConfig, FaissKNNEvaluator
 
 def features(n: int, t: int, d: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    centres = torch.randn(10, d, generator=g)
+    centres = 0.1 * torch.randn(10, d, generator=g)
     ytr, yte = torch.randint(0, 10, (n,), generator=g), torch.randint(0, 10, (t,), generator=g)
-    noise = 4.0  # overlapping classes: kNN accuracy well below 100%
+    noise = 1.0  # overlapping classes: kNN accuracy well below 100%
     return (centres[ytr] + noise * torch.randn(n, d, generator=g), ytr,
             centres[yte] + noise * torch.randn(t, d, generator=g), yte)
 
@@ -53,7 +53,7 @@ def main() -> None:
     reference = torch.cat([(queries[i:i + 1024] @ bank.T).topk(args.k, dim=1).indices
                            for i in range(0, args.queries, 1024)])
 
-    rows = [["torch brute force (matmul + topk, 1024 queries a chunk)", f"{brute_s:.2f}", "exact",
+    rows = [["torch brute force (matmul + topk, 1024 queries a chunk)", f"{brute_s:.2f}", "reference",
              f"{100 * brute_acc:.2f}"]]
     indexes = {"faiss flat (exact)": IndexConfig(kind="flat"),
                "faiss IVF (1024 lists, nprobe 16)": IndexConfig(kind="ivf", nlist=1024, nprobe=16),
@@ -67,7 +67,9 @@ def main() -> None:
         recall = same / reference.numel()
         evaluator = FaissKNNEvaluator(FaissKNNConfig(k=args.k, temperature=0.1, index=config), None)
         acc = evaluator.evaluate(Features(xtr, ytr), Features(xte, yte))["knn_faiss_top1"]
-        exact = "exact" if torch.equal(idx, reference) else f"recall {100 * recall:.2f}%"
+        missed = reference.numel() - same
+        exact = "same neighbour sets" if missed == 0 else f"recall {100 * recall:.3f}% ({missed:,} of " \
+            f"{reference.numel():,} neighbours differ)"
         rows.append([name, f"{seconds:.2f}", exact, f"{100 * acc:.2f}"])
         print(rows[-1], flush=True)
     body = "\n".join([
@@ -76,7 +78,9 @@ def main() -> None:
         f"Command: `.venv/bin/python benchmarks/knn_search.py --write`. {args.n:,} train features x "
         f"{args.queries:,} queries, D = {args.dim}, k = {args.k}, 10 overlapping Gaussian classes, "
         "float32 on the CPU. Seconds include building the index (IVF: k-means training) and "
-        "searching; \"top-k\" compares each query's neighbour set with brute force. "
+        "searching; \"top-k\" compares each query's neighbour set with brute force (recall: the "
+        "share of brute force's neighbours found). Isotropic noise around 10 centres is the hard "
+        "case for IVF and HNSW; clustered real embeddings fare better. "
         f"Machine: {machine()}.",
         "",
         markdown_table(["search", "seconds", "top-k vs brute force", "kNN top-1 (%)"], rows),

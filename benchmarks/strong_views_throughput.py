@@ -120,7 +120,8 @@ def main() -> None:
         f"Command: `.venv/bin/python benchmarks/strong_views_throughput.py --data-root {args.data_root} "
         f"--write`. CIFAR-10 (JPEG q75 copy) uint8 images, batch {args.batch}, CPU. The ratio compares "
         "views per second with one torchvision worker's strong views per second (a strong view costs "
-        "more than a weak one, so the ratio understates ours). "
+        "more than a weak one, so the ratio understates ours). Ours runs on all threads, the "
+        "reference on one: per core, halve the ratios on this 2-core machine. "
         f"Machine: {machine()}.",
         "",
         markdown_table(["pipeline", "per second", "views/s ratio"], rows),
