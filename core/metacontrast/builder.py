@@ -121,10 +121,11 @@ def build_components(cfg: DictConfig, plugins: PluginManager, context: BuildCont
         transforms.append(transform)
     transforms.sort(key=lambda t: t.ORDER)
     episode_builder = build_one(plugins, "episode_builder", "episode", _node(cfg, "episode"), context)
+    context = context.evolve(plugins=plugins)
     encoder: Encoder = build_one(plugins, "encoder", "encoder", _node(cfg, "encoder"), context)
-    context = context.evolve(encoder_dim=encoder.out_dim)
+    context = context.evolve(encoder_dim=encoder.out_dim, encoder_parts=int(getattr(encoder, "parts", 1)))
     head: Head = build_one(plugins, "head", "head", _node(cfg, "head"), context)
-    context = context.evolve(head_dim=head.out_dim)
+    context = context.evolve(head_dim=head.out_dim, head_parts=int(getattr(head, "parts", 1)))
     solver = None
     if OmegaConf.select(cfg, "solver") is not None:
         solver = build_one(plugins, "solver", "solver", _node(cfg, "solver"), context)

@@ -41,7 +41,11 @@ class BuildContext:
     per-channel statistics in [0, 1] units. ``encoder_dim``/``head_dim``: D of ``h`` and
     ``z`` once those are built. ``rank``/``world_size``: the process group position.
     ``allowed_targets``: the ``_target_`` allowlist, for components that instantiate a
-    config node (through ``metacontrast.targets.instantiate_checked``).
+    config node (through ``metacontrast.targets.instantiate_checked``). ``encoder_parts``/
+    ``head_parts``: into how many equal-width parts ``h``/``z`` fall, one per channel view
+    (an encoder or head with a ``parts`` attribute sets it; 1 otherwise). ``plugins``: the
+    registry, for components that build registered components themselves
+    (``metacontrast.builder.build_one``).
     """
 
     in_channels: int
@@ -56,6 +60,9 @@ class BuildContext:
     rank: int = 0
     world_size: int = 1
     allowed_targets: frozenset[str] = frozenset()
+    encoder_parts: int = 1
+    head_parts: int = 1
+    plugins: Any = attrs.field(default=None, repr=False)
 
     def evolve(self, **changes: Any) -> BuildContext:
         return attrs.evolve(self, **changes)

@@ -15,16 +15,24 @@ from metacontrast_faiss.index import IndexConfig, nearest
 class MemoryBankConfig(MemoryConfig):
     """``size``: entries (0: one per training image). ``momentum`` m of
     ``v_i <- m v_i + (1 - m) f_i`` (then L2-normalised when ``normalize``; InstDisc and
-    CMC use 0.5). Written with the online projections of view 0 by default."""
+    CMC use 0.5). Written with the online projections of view 0 by default.
+    ``read_size``: entries each ``read()`` returns (0: the whole bank; n: n entries drawn
+    uniformly with replacement, afresh on every read, as MetAug's 4096 negatives), from a
+    stream seeded with ``read_seed`` and the count of reads so far (kept in the bank's
+    state, so a resumed run draws what the uninterrupted one would)."""
 
     source: str = "z"
     views: list[int] = attrs.field(factory=lambda: [0])
     size: int = 0
     momentum: float = 0.5
     index: IndexConfig = attrs.field(factory=IndexConfig)
+    read_size: int = 0
+    read_seed: int = 0
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
+        if self.read_size < 0:
+            raise ValueError(f"read_size: must be >= 0 (0: the whole bank), got {self.read_size}")
         if self.size < 0:
             raise ValueError(f"size: must be >= 0 (0: the number of training images), got {self.size}")
         if not 0.0 <= self.momentum < 1.0:
@@ -50,10 +58,18 @@ class MemoryBank(Memory):
         if size < 1:
             raise ValueError("size: the dataset size is unknown here; set memory.size")
         self.register_buffer("bank", F.normalize(torch.randn(size, config.dim(context)), dim=1))
+        self.register_buffer("reads", torch.zeros((), dtype=torch.long))
 
     def read(self) -> Tensor:
-        """The whole bank ``(N, D)``."""
-        return self.bank
+        """The whole bank ``(N, D)``, or ``read_size`` entries drawn for this read
+        ``(read_size, D)``."""
+        n = self.config.read_size
+        if n == 0:
+            return self.bank
+        stream = torch.Generator().manual_seed(self.config.read_seed * 1_000_003 + int(self.reads))
+        self.reads += 1
+        idx = torch.randint(self.bank.shape[0], (n,), generator=stream)
+        return self.bank[idx.to(self.bank.device)]
 
     @torch.no_grad()
     def update(self, keys: Tensor, ids: Tensor) -> None:

@@ -113,6 +113,30 @@ def test_memory_bank_names_ids_out_of_range_and_samples_reproducibly():
     assert a.shape == (7, 4) and torch.equal(a, b)
 
 
+def test_memory_bank_reads_a_fresh_uniform_sample_that_resumes_exactly():
+    bank = MemoryBank(MemoryBankConfig(size=10, read_size=6, read_seed=2), CTX)
+    assert MemoryBank(MemoryBankConfig(size=10), CTX).read().shape == (10, 4)  # read_size 0: the whole bank
+    first, second = bank.read(), bank.read()
+    assert first.shape == (6, 4) and not torch.equal(first, second) and int(bank.reads) == 2
+    # every row is an entry of the bank
+    assert all(any(torch.equal(row, entry) for entry in bank.bank) for row in first)
+    # a bank restored from the state after two reads draws the third read again
+    third = bank.read()
+    restored = MemoryBank(MemoryBankConfig(size=10, read_size=6, read_seed=2), CTX)
+    state = _round_trip(bank)
+    state["reads"] = torch.tensor(2)
+    restored.load_state_dict(state)
+    assert torch.equal(restored.read(), third)
+    # the draws are uniform over the entries
+    many = MemoryBank(MemoryBankConfig(size=4, read_size=1000, normalize=False), CTX)
+    with torch.no_grad():
+        many.bank.copy_(torch.arange(4.0)[:, None].expand(4, 4))
+    counts = torch.bincount(torch.cat([many.read()[:, 0] for _ in range(20)]).long(), minlength=4)
+    assert (counts - 5000).abs().max() < 300  # 20,000 draws, sd ~ 61
+    with pytest.raises(ConfigError, match=r"memory: read_size: must be >= 0"):
+        component_config(MemoryBank, "memory", {"read_size": -1})
+
+
 def test_memory_configs_are_checked_with_the_key_named():
     with pytest.raises(ConfigError, match=r"memory: size: must be >= 1"):
         component_config(KeyQueue, "memory", {"size": 0})
