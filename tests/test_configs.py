@@ -29,6 +29,10 @@ def _options() -> list[tuple[str, str]]:
 # groups outside the primary defaults list are added with '+'
 ADDED_GROUPS = {"task_aug", "aux", "mix"}
 SMALL_STRONG = ["encoder.pool=avg", "views.weak.size=32", "views.strong_sizes=[16]"]
+SMALL_ALEXNET = ["encoder.width=0.125", "memory.read_size=64"]
+RGB_OPTIONS = {("encoder", "split_alexnet"), ("encoder", "channel_split"), ("head", "split_projection"),
+               ("loss", "oucl"), ("loss", "metaug"), ("views", "cmc"), ("method", "metaug"),
+               ("method", "metaug_only_oucl")}
 # what an option needs from the rest of the config to run
 NEEDS = {
     ("solver", "protonet"): ["episode=n_way_k_shot", "loss=[query_ce]"],
@@ -49,6 +53,15 @@ NEEDS = {
     ("method", "moco_v2_strong_query_key"): ["views=clsa_single_cifar", *SMALL_STRONG, "views.strong_sizes=[16,16]"],
     ("mix", "unmix"): ["solver=all_pairs", "loss=[query_ce]"],  # soft targets: not nt_xent
     ("eval", "few_shot"): ["eval.few_shot.episodes=20", "eval.few_shot.queries=3"],
+    # MetAug's channel views need RGB images: the synthetic CIFAR-10 (see RGB_OPTIONS)
+    ("encoder", "split_alexnet"): ["head=split_projection", "loss=[oucl]", "views=cmc", "encoder.width=0.125"],
+    ("encoder", "channel_split"): ["head=split_projection", "loss=[oucl]", "views=cmc", "+encoder.encoder.hidden=8",
+                                   "+encoder.encoder.pool=avg"],
+    ("head", "split_projection"): ["encoder=split_alexnet", "encoder.width=0.125", "loss=[oucl]", "views=cmc"],
+    **{("loss", loss): ["method=metaug", "encoder=split_alexnet", "views=cmc", *SMALL_ALEXNET]
+       for loss in ("oucl", "metaug")},
+    ("views", "cmc"): ["method=metaug", "encoder=split_alexnet", *SMALL_ALEXNET],
+    **{("method", m): ["encoder=split_alexnet", "views=cmc", *SMALL_ALEXNET] for m in ("metaug", "metaug_only_oucl")},
 }
 
 
@@ -109,6 +122,11 @@ def test_config_composes_and_runs_two_steps(group, option, tmp_path):
     extra += NEEDS.get((group, option), [])
     if group == "data":
         extra += _data_overrides(option, tmp_path)
+    if (group, option) in RGB_OPTIONS:
+        extra += ["data=cifar10", *_data_overrides("cifar10", tmp_path)]
+    if group == "experiment" and option.startswith("metaug_cifar10"):
+        extra += [*_data_overrides("cifar10", tmp_path), "encoder.width=0.125", "trainer.batch_size=16"]
+        extra += [] if option.endswith("simclr") else ["memory.read_size=64"]
     if group == "experiment" and option.startswith(("cifar10", "table6", "clsa_table4")):
         extra += _data_overrides("cifar10", tmp_path)
     if group == "experiment" and option.startswith("imagenet"):  # ResNet-50 recipes: tiny images here
@@ -121,7 +139,7 @@ def test_config_composes_and_runs_two_steps(group, option, tmp_path):
         extra += ["trainer.batch_size=4"]
     if group == "episode" and option == "n_way_k_shot":
         extra += ["views.n_views=2"]
-    own_eval = group == "experiment" and option.startswith(("omniglot", "clsa_table4", "imagenet"))  # own evaluators
+    own_eval = group == "experiment" and option.startswith(("omniglot", "clsa_table4", "imagenet", "metaug"))  # own evaluators
     base = [o for o in TINY if not (o.startswith("eval.") and (own_eval or (
         group == "eval" and not o.startswith(f"eval.{option}."))))]
     run_dir = tmp_path / "run"

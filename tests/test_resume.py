@@ -76,6 +76,29 @@ def test_resume_reaches_the_uninterrupted_parameters(tmp_path, method):
             assert torch.equal(memories[0][name], memories[1][name]), name
 
 
+def test_metaug_resumes_exactly_with_its_meta_step_and_memory_bank_draws(tmp_path):
+    """The bi-level step, the MAGs, the memory bank and its per-read negative samples."""
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    (tmp_path / "data" / "cifar10").mkdir(parents=True)
+    np.savez(tmp_path / "data" / "cifar10" / "cifar10.npz", x_train=g.integers(0, 256, (48, 32, 32, 3), dtype=np.uint8),
+             y_train=g.integers(0, 10, 48), x_test=g.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),
+             y_test=g.integers(0, 10, 16))
+    extra = ["method=metaug", "encoder=split_alexnet", "views=cmc", "data=cifar10", f"data.root={tmp_path / 'data'}",
+             "encoder.width=0.125", "memory.read_size=16", "trainer.batch_size=8", "head.out_dim=16"]
+    trainer.fit(_cfg(tmp_path / "straight", *extra))
+    straight = _final_model(tmp_path / "straight")
+    resumed = _interrupted_then_resumed(tmp_path / "resumed", stop=4, extra=extra)
+    assert any(".mags." in k for k in straight)
+    for name, value in straight.items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=0, msg=name)
+    memories = [load_safe(list_checkpoints(tmp_path / r / "checkpoints")[-1])["memory"] for r in ("straight", "resumed")]
+    assert int(memories[0]["reads"]) == STEPS
+    for name in ("bank", "reads"):
+        assert torch.equal(memories[0][name], memories[1][name]), name
+
+
 def test_negative_control_without_restored_augmentation_rng(tmp_path, monkeypatch):
     trainer.fit(_cfg(tmp_path / "straight"))
     straight = _final_model(tmp_path / "straight")
