@@ -184,7 +184,7 @@ def test_component_params_checked_against_component_config():
 @pytest.mark.parametrize(("args", "expected"), [
     (["method=nope"], "method/nope"),
     (["trainer.batch_sise=3"], "trainer.batch_sise"),
-    (["encoder.name=vit"], "unknown encoder 'vit'; available: conv4, resnet18, resnet50"),
+    (["encoder.name=vit"], "unknown encoder 'vit'; available: channel_split, conv4, resnet18, resnet50"),
     (["data=cifar10", "data.root=/does/not/exist"], "data.root: /does/not/exist does not exist"),
     (["optim.name=adagrad"], "optim.name: unknown optimizer 'adagrad'"),
     (["trainer.precision=fp8"], "trainer.precision: unknown precision 'fp8'"),
