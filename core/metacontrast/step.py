@@ -9,7 +9,7 @@ from torch import Tensor
 
 from metacontrast import distributed
 from metacontrast.interfaces import EpisodeBuilder, Memory, ViewGenerator, ViewTransform
-from metacontrast.records import Batch, LossTerms, StepInputs, Views
+from metacontrast.records import Batch, Embeddings, LossTerms, StepInputs, Views
 
 
 class DefaultTrainStep:
@@ -44,10 +44,14 @@ class DefaultTrainStep:
         keys = self.memory.read() if self.memory is not None else None
         with ctx.autocast():
             terms, embeddings = ctx.model(views, episode, keys)
-        if self.memory is not None:
-            self._pending = [p for p in self._pending if p[0] == ctx.step]  # drop a skipped step's keys
-            self._pending.append((ctx.step, *self.memory.keys_of(embeddings, views)))
+        self.keep_keys(ctx.step, embeddings, views)
         return terms
+
+    def keep_keys(self, step: int, embeddings: Embeddings, views: Views) -> None:
+        """Hold this micro-batch's memory keys until the optimizer step (none without a memory)."""
+        if self.memory is not None:
+            self._pending = [p for p in self._pending if p[0] == step]  # drop a skipped step's keys
+            self._pending.append((step, *self.memory.keys_of(embeddings, views)))
 
     def on_optimizer_step(self) -> None:
         """Write this step's keys, gathered from every rank, into the memory."""

@@ -78,9 +78,7 @@ class MetAugTrainStep(DefaultTrainStep):
         pairs = zip(base + mags, [*grads, *meta_grads], strict=True)
         zero = torch.zeros((), device=terms.total.device)
         carrier = sum(((p * g.detach()).sum() for (_, p), g in pairs), start=zero)
-        if self.memory is not None:
-            self._pending = [p for p in self._pending if p[0] == ctx.step]
-            self._pending.append((ctx.step, *self.memory.keys_of(embeddings, views)))
+        self.keep_keys(ctx.step, embeddings, views)
         out = {name: value.detach() for name, value in terms.terms.items()}
         out[CARRIER] = carrier - carrier.detach()
         return LossTerms(out)
