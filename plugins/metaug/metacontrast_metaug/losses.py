@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from metacontrast.interfaces import BuildContext, Loss
-from metacontrast.records import Embeddings, LossInputs, ShapeError
+from metacontrast.records import Embeddings, Episode, LossInputs, ShapeError
 from metacontrast_metaug.oucl import MARGINS, OUCLConfig, margin_regularization, margins, oucl_per_anchor
 from metacontrast_metaug.pairs import SIMILARITIES, PairSims, pair_sims, split_parts
 
@@ -55,12 +55,13 @@ class OUCLLoss(Loss):
         if context.head_dim and context.head_dim % self.parts:
             raise ValueError(f"the head's {context.head_dim} features do not split into {self.parts} parts")
 
-    def features(self, embeddings: Embeddings, labels: Tensor) -> tuple[Tensor, Tensor]:
+    def features(self, embeddings: Embeddings, episode: Episode) -> tuple[Tensor, Tensor]:
         """``(parts (R, M, D), image ids (R,))``; needs every view's rows."""
+        labels = episode.labels
         if embeddings.z.shape[0] != labels.shape[0]:
             raise ShapeError(f"{self.NAME}: {embeddings.z.shape[0]} embedded rows for {labels.shape[0]} "
                              f"view-samples; the loss reads every view")
-        if self.parts == 1 and labels.unique().numel() == labels.numel():
+        if self.parts == 1 and episode.n_views == 1:
             raise ShapeError(f"{self.NAME}: one view of each image and a head with one part leave no "
                              f"positive pair; use channel views (split_projection) or views.n_views >= 2")
         return split_parts(embeddings.z, self.parts), labels
@@ -74,7 +75,7 @@ class OUCLLoss(Loss):
         return pairs
 
     def forward(self, inputs: LossInputs) -> Tensor:
-        parts, ids = self.features(inputs.embeddings, inputs.episode.labels)
+        parts, ids = self.features(inputs.embeddings, inputs.episode)
         return mean_oucl(self.original_pairs(parts, ids, inputs.memory), self.config)
 
 
@@ -141,7 +142,7 @@ class MetAugLoss(OUCLLoss):
 
     def terms(self, inputs: LossInputs) -> tuple[Tensor, Tensor]:
         """``(L_ori, L_aug)``, both 0-dim."""
-        parts, ids = self.features(inputs.embeddings, inputs.episode.labels)
+        parts, ids = self.features(inputs.embeddings, inputs.episode)
         ori = mean_oucl(self.original_pairs(parts, ids, inputs.memory), self.config)
         return ori, mean_oucl(self.augmented_pairs(parts, ids), self.config)
 
@@ -149,9 +150,9 @@ class MetAugLoss(OUCLLoss):
         ori, aug = self.terms(inputs)
         return ori + self.config.delta * aug
 
-    def regularization(self, embeddings: Embeddings, labels: Tensor) -> Tensor:
+    def regularization(self, embeddings: Embeddings, episode: Episode) -> Tensor:
         """``R_sigma`` (eq. 5) with margins (eq. 4 / A.2) from the batch's original pairs."""
-        parts, ids = self.features(embeddings, labels)
+        parts, ids = self.features(embeddings, episode)
         original = pair_sims(parts, ids, parts, ids, self.config.similarity, same_features=True)
         m = margins(original.sims[original.pos], original.sims[original.neg], self.config.margin)
         augmented = self.augmented_pairs(parts, ids)

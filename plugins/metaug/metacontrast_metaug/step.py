@@ -72,7 +72,7 @@ class MetAugTrainStep(DefaultTrainStep):
         state = {**fast, **dict(mags), **{n: b.clone() for n, b in model.named_buffers()}}
         with ctx.autocast():
             fast_terms, fast_embeddings = torch.func.functional_call(model, state, (views, episode, keys))
-            meta = fast_terms.total + cfg.alpha * loss.regularization(fast_embeddings, episode.labels)
+            meta = fast_terms.total + cfg.alpha * loss.regularization(fast_embeddings, episode)
         meta_grads = _grads(meta, [p for _, p in mags], create_graph=False)
 
         pairs = zip(base + mags, [*grads, *meta_grads], strict=True)

@@ -108,7 +108,7 @@ def test_regularization_uses_original_margins_and_original_augmented_pairs():
     lo, hi = min(min(opos), max(oneg)), max(min(opos), max(oneg))
     literal = (sum(max(d - lo, 0) for d in apos) / len(apos) + sum(max(hi - d, 0) for d in aneg) / len(aneg))
     views = Views(images=(torch.zeros(5, 3, 4, 4),), index=torch.arange(5))
-    got = loss.regularization(Embeddings(h=z, z=z), Episode.pairs(views).labels).item()
+    got = loss.regularization(Embeddings(h=z, z=z), Episode.pairs(views)).item()
     assert got == pytest.approx(literal, rel=1e-9)
 
 

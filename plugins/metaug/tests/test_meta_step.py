@@ -93,7 +93,7 @@ def meta_objective(model, images, mag_values):
         for p, g in zip(base.values(), grads, strict=True):
             p -= loss.config.inner_lr * g
         value, emb = l_metaug()
-        return (value + loss.config.alpha * loss.regularization(emb, episode.labels)).item()
+        return (value + loss.config.alpha * loss.regularization(emb, episode)).item()
 
 
 def _finite_difference(model, images, eps=1e-6):
