@@ -76,3 +76,38 @@ def train_step(run: Any, step_fn: Any, batch: Any) -> None:
     trainer._optimizer_step(run)
     run.model.update_teacher(0, run.total_steps)
     step_fn.on_optimizer_step()
+
+
+def best_of_rounds(fns: dict[str, Callable[[], None]], repeats: int | dict[str, int],
+                   rounds: int) -> dict[str, float]:
+    """Seconds per call of each function: one warm-up call each, then ``rounds`` rounds
+    that time every function in turn (``repeats`` calls, per name when a dict); the best
+    round counts. Interleaving keeps a noisy shared machine from favouring one entry."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            n = repeats[name] if isinstance(repeats, dict) else repeats
+            times[name].append(seconds(fn, n))
+    return {name: min(t) for name, t in times.items()}
+
+
+def train_experiment(label: str, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    """``metacontrast train`` in a fresh process with ``overrides`` into ``run_dir``: its
+    results.json plus ``wall_s`` and ``final_loss`` (the last logged loss). Exits naming
+    ``label`` with the run's stderr when it fails."""
+    import json
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "metacontrast.cli", "train", *overrides, f"trainer.run_dir={run_dir}",
+           "trainer.progress=false", "trainer.tensorboard=false", "trainer.resume=never"]
+    started = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{label} failed:\n{done.stderr[-3000:]}")
+    results = json.loads((run_dir / "results.json").read_text())
+    results["wall_s"] = time.perf_counter() - started
+    results["final_loss"] = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["loss"]
+    return results

@@ -11,14 +11,11 @@ step count; the table collects each run's results.json. Run:
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _report import machine, markdown_table, record
+from _report import machine, markdown_table, record, train_experiment
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "docs" / "experiments.md"
 ROWS = {"moco_v2": ("MoCo v2", "67.5"), "moco_v2_strong_query": ("MoCo v2 with strong query", "67.7"),
@@ -27,18 +24,8 @@ ROWS = {"moco_v2": ("MoCo v2", "67.5"), "moco_v2_strong_query": ("MoCo v2 with s
 
 
 def run(name: str, args: argparse.Namespace) -> dict:
-    run_dir = Path(args.runs) / name
-    cmd = [sys.executable, "-m", "metacontrast.cli", "train", f"experiment=clsa_table4/{name}",
-           f"data.root={args.data_root}", f"trainer.max_steps={args.steps}", f"trainer.run_dir={run_dir}",
-           "trainer.progress=false", "trainer.tensorboard=false", "trainer.resume=never"]
-    started = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
-    results = json.loads((run_dir / "results.json").read_text())
-    results["wall_s"] = time.perf_counter() - started
-    results["final_loss"] = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["loss"]
-    return results
+    return train_experiment(name, Path(args.runs) / name, [f"experiment=clsa_table4/{name}",
+                            f"data.root={args.data_root}", f"trainer.max_steps={args.steps}"])
 
 
 def main() -> None:

@@ -11,14 +11,11 @@ step count; the table collects each run's results.json. Run:
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _report import machine, markdown_table, record
+from _report import machine, markdown_table, record, train_experiment
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "docs" / "experiments.md"
 ROWS = {"simclr": ("SimCLR", "80.07"), "metaug_only_oucl": ("MetAug (only OUCL)", "87.13"),
@@ -26,20 +23,11 @@ ROWS = {"simclr": ("SimCLR", "80.07"), "metaug_only_oucl": ("MetAug (only OUCL)"
 
 
 def run(name: str, args: argparse.Namespace, baseline: bool = False) -> dict:
-    run_dir = Path(args.runs) / name
-    cmd = [sys.executable, "-m", "metacontrast.cli", "train", f"experiment=metaug_cifar10/{name}",
-           f"data.root={args.data_root}", f"trainer.max_steps={args.steps}", f"trainer.run_dir={run_dir}",
-           "trainer.progress=false", "trainer.tensorboard=false", "trainer.resume=never"]
+    overrides = [f"experiment=metaug_cifar10/{name}", f"data.root={args.data_root}",
+                 f"trainer.max_steps={args.steps}"]
     if baseline:  # the untrained split AlexNet under the same protocol (evaluated before training)
-        cmd.append("evaluation.baselines=[random_init]")
-    started = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
-    results = json.loads((run_dir / "results.json").read_text())
-    results["wall_s"] = time.perf_counter() - started
-    results["final_loss"] = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["loss"]
-    return results
+        overrides.append("evaluation.baselines=[random_init]")
+    return train_experiment(name, Path(args.runs) / name, overrides)
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import sys
 import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _report import machine, markdown_table, record, seconds, train_step
+from _report import best_of_rounds, machine, markdown_table, record, train_step
 
 from metacontrast import trainer
 from metacontrast.config import compose_config
@@ -69,13 +69,7 @@ def main() -> None:
     timed = {"bare encoder fwd+bwd, 1 view": bare(run, 1, args.batch),
              "bare encoder fwd+bwd, 2 views": bare(run, 2, args.batch),
              **{name: fn for name, (_, fn) in built.items()}}
-    for fn in timed.values():  # warm-up
-        fn()
-    times = {name: [] for name in timed}
-    for _ in range(args.rounds):
-        for name, fn in timed.items():
-            times[name].append(seconds(fn, args.steps))
-    best = {name: min(t) for name, t in times.items()}
+    best = best_of_rounds(timed, args.steps, args.rounds)
     simclr, ordinary = best["SimCLR (2 views, NT-Xent)"], best["MetAug (only OUCL): the ordinary step"]
     rows = [[name, f"{1000 * t:.0f}", f"{t / simclr:.2f}", f"{t / ordinary:.2f}"] for name, t in best.items()]
     body = "\n".join([

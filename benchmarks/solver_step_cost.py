@@ -17,7 +17,7 @@ import sys
 import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _report import machine, markdown_table, record, seconds, train_step
+from _report import best_of_rounds, machine, markdown_table, record, train_step
 
 from metacontrast import trainer
 from metacontrast.config import compose_config
@@ -86,23 +86,18 @@ def main() -> None:
     p.add_argument("--write", action="store_true")
     args = p.parse_args()
     built = {name: build(args, extra) for name, extra in METHODS.items()}
-    for full, solver in built.values():  # warm-up
-        full()
+    fns = {}
+    for name, (full, solver) in built.items():
+        fns[name] = full
         if solver is not None:
-            solver()
-    steps = {name: [] for name in built}
-    solvers = {name: [] for name, (_, s) in built.items() if s is not None}
-    for _ in range(args.rounds):
-        for name, (full, solver) in built.items():
-            steps[name].append(seconds(full, args.steps))
-            if solver is not None:
-                solvers[name].append(seconds(solver, 5))
-    base = min(steps["simclr (nt_xent)"])
+            fns[f"{name}/solver"] = solver
+    repeats = {name: 5 if name.endswith("/solver") else args.steps for name in fns}
+    best = best_of_rounds(fns, repeats, args.rounds)
+    base = best["simclr (nt_xent)"]
     rows = []
     for name in built:
-        t = min(steps[name])
-        s = f"{1000 * min(solvers[name]):.1f} ms ({100 * min(solvers[name]) / t:.1f}% of its step)" \
-            if name in solvers else "-"
+        t, solver = best[name], best.get(f"{name}/solver")
+        s = f"{1000 * solver:.1f} ms ({100 * solver / t:.1f}% of its step)" if solver is not None else "-"
         rows.append([name, f"{t:.2f}", f"{t / base:.2f}", s])
     body = "\n".join([
         "### Step cost of each method vs SimCLR (ResNet-18, CIFAR stem)",

@@ -12,14 +12,11 @@ short schedule; the table collects each run's results.json. Run:
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _report import machine, markdown_table, record
+from _report import machine, markdown_table, record, train_experiment
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "docs" / "experiments.md"
 METHODS = {"simclr": "SimCLR", "r2d2": "R2-D2", "protonet": "ProtoNet", "byol": "BYOL"}
@@ -31,8 +28,7 @@ VARIANTS = {"baseline": ("Baseline", []), "ta": ("+ TA", ["+task_aug=rotation"])
 COMMON = ["data=cifar10", "views=simclr_cifar", "encoder=conv4", "head.hidden_dim=512", "head.out_dim=128",
           "trainer.batch_size=256", "trainer.epochs=2", "optim.lr=1.0", "optim.weight_decay=1e-6",
           "optim.warmup_epochs=0.2", "evaluation.train_subset=10000", "evaluation.baselines=[]",
-          "eval=[knn,few_shot]", "eval.knn.k=200", "trainer.progress=false", "trainer.tensorboard=false",
-          "trainer.checkpoint_every=0", "trainer.resume=never"]
+          "eval=[knn,few_shot]", "eval.knn.k=200", "trainer.checkpoint_every=0"]
 
 
 def overrides(method: str, variant: str) -> list[str]:
@@ -49,14 +45,8 @@ def overrides(method: str, variant: str) -> list[str]:
 
 def run(name: str, args: argparse.Namespace) -> dict:
     method, variant = name.split("_", 1)
-    run_dir = Path(args.runs) / name
-    cmd = [sys.executable, "-m", "metacontrast.cli", "train", *COMMON, f"data.root={args.data_root}",
-           f"trainer.max_steps={args.steps}", f"trainer.run_dir={run_dir}", *overrides(method, variant)]
-    started = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
-    results = json.loads((run_dir / "results.json").read_text())
-    results["wall_s"] = time.perf_counter() - started
-    return results
+    return train_experiment(name, Path(args.runs) / name, [*COMMON, f"data.root={args.data_root}",
+                            f"trainer.max_steps={args.steps}", *overrides(method, variant)])
 
 
 def main() -> None:
