@@ -53,6 +53,8 @@ NEEDS = {
     ("method", "moco_v2_strong_query_key"): ["views=clsa_single_cifar", *SMALL_STRONG, "views.strong_sizes=[16,16]"],
     ("mix", "unmix"): ["solver=all_pairs", "loss=[query_ce]"],  # soft targets: not nt_xent
     ("eval", "few_shot"): ["eval.few_shot.episodes=20", "eval.few_shot.queries=3"],
+    ("eval", "linear_sgd"): ["eval.linear_sgd.epochs=2"],
+    ("eval", "linear_aug"): ["eval.linear_aug.epochs=2"],
     # MetAug's channel views need RGB images: the synthetic CIFAR-10 (see RGB_OPTIONS)
     ("encoder", "split_alexnet"): ["head=split_projection", "loss=[oucl]", "views=cmc", "encoder.width=0.125"],
     ("encoder", "channel_split"): ["head=split_projection", "loss=[oucl]", "views=cmc", "+encoder.encoder.hidden=8",

@@ -3,13 +3,8 @@
 import numpy as np
 import torch
 
-from metacontrast.builtin.evaluators import (
-    KNNConfig,
-    KNNEvaluator,
-    LinearProbeConfig,
-    LinearProbeEvaluator,
-    knn_predict,
-)
+from metacontrast.builtin.evaluators import KNNConfig, KNNEvaluator, knn_predict
+from metacontrast.builtin.linear_probe import LinearProbeConfig, LinearProbeEvaluator
 from metacontrast.records import Features
 
 

@@ -138,8 +138,10 @@ def build_components(cfg: DictConfig, plugins: PluginManager, context: BuildCont
     memory = None
     if OmegaConf.select(cfg, "memory") is not None:
         memory = build_one(plugins, "memory", "memory", _node(cfg, "memory"), context)
-    evaluators = {name: build_one(plugins, "evaluator", f"eval.{name}", {"name": name, **params}, context)
-                  for name, params in _named_map(cfg, "eval").items()}
+    evaluators = {}
+    for name, params in _named_map(cfg, "eval").items():
+        evaluators[name] = build_one(plugins, "evaluator", f"eval.{name}", {"name": name, **params}, context)
+        evaluators[name].key = name
     if int(cfg.trainer.forward_chunks) < 1:
         raise ConfigError(f"trainer.forward_chunks: must be >= 1, got {cfg.trainer.forward_chunks}")
     teacher = None

@@ -124,11 +124,17 @@ class TrainerConfig:
 class EvaluationConfig:
     """``baselines``: also evaluate ``random_init`` (the same encoder before training)
     and ``raw_pixels``. ``train_subset``: cap the labelled train images used as kNN bank
-    and probe training set (0 = all). ``batch_size``: feature extraction batch."""
+    and probe training set (0 = all). ``batch_size``: feature extraction batch.
+    ``periodic``: the evaluators run every ``trainer.eval_every_epochs`` during
+    pre-training (null: the cheap ones, kNN, linear probe on cached features, few-shot);
+    their best value and its epoch are reported next to the last. ``projection_points``:
+    test rows in the 2-D PCA projection saved for ``metacontrast report`` (0: none)."""
 
     baselines: list[str] = field(default_factory=lambda: ["random_init", "raw_pixels"])
     train_subset: int = 0
     batch_size: int = 512
+    periodic: Optional[list[str]] = None  # noqa: UP045
+    projection_points: int = 2000
 
 
 @dataclass

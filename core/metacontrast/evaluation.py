@@ -8,10 +8,9 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from metacontrast.data import ImageData
 from metacontrast.imageops import normalize
 from metacontrast.interfaces import Evaluator
-from metacontrast.records import Features
+from metacontrast.records import EvalInputs
 
 
 @torch.no_grad()
@@ -41,20 +40,71 @@ def raw_pixel_features(images: Tensor, mean: Sequence[float], std: Sequence[floa
     return normalize(images, mean, std).flatten(1)
 
 
-def run_evaluators(evaluators: Mapping[str, Evaluator],
-                   features: Callable[[Tensor], Tensor], data: ImageData,
-                   train_index: Tensor) -> dict[str, float]:
-    """Apply every evaluator to ``features`` of the train subset and of the test split."""
-    train = Features(features(data.train_images[train_index.to(data.train_images.device)]),
-                     data.train_labels[train_index.to(data.train_labels.device)])
-    test = Features(features(data.test_images), data.test_labels)
+def run_evaluators(evaluators: Mapping[str, Evaluator], inputs: EvalInputs) -> dict[str, float]:
+    """Every evaluator's metrics on ``inputs`` (frozen features are extracted once and
+    shared). Evaluators that need the encoder are skipped when ``inputs.encoder`` is None
+    (the raw-pixel baseline). Two evaluators reporting one metric name are refused."""
     metrics: dict[str, float] = {}
     owner: dict[str, str] = {}
     for name, ev in evaluators.items():
-        for metric, value in ev.evaluate(train, test).items():
+        if ev.NEEDS_ENCODER and inputs.encoder is None:
+            continue
+        for metric, value in ev.run(inputs).items():
             if metric in owner:
                 raise ValueError(f"eval.{name}: reports {metric!r}, which eval.{owner[metric]} reports "
                                  f"too; keep one of them")
             owner[metric] = name
-            metrics[metric] = value
+            metrics[metric] = float(value)
     return metrics
+
+
+def select_periodic(evaluators: Mapping[str, Evaluator], names: Sequence[str] | None
+                    ) -> dict[str, Evaluator]:
+    """The evaluators run every ``trainer.eval_every_epochs``: those ``names`` (each must
+    be configured), or, when ``names`` is None, those marked ``PERIODIC``."""
+    if names is None:
+        return {k: ev for k, ev in evaluators.items() if ev.PERIODIC}
+    unknown = [n for n in names if n not in evaluators]
+    if unknown:
+        from metacontrast.config import ConfigError
+
+        raise ConfigError(f"evaluation.periodic: {', '.join(unknown)} not among the configured "
+                          f"evaluators ({', '.join(evaluators) or 'none'}); add them to eval=[...]")
+    return {k: evaluators[k] for k in names}
+
+
+def higher_is_better(metric: str) -> bool:
+    """Accuracy-like metrics; confidence-interval half-widths are not compared."""
+    return not metric.endswith("_ci95")
+
+
+def update_best(best: dict[str, dict[str, float]], metrics: Mapping[str, float], *, epoch: int,
+                step: int) -> None:
+    """Keep, per metric, the best value seen and the epoch/step it was seen at (ties keep
+    the earlier one)."""
+    for name, value in metrics.items():
+        if not higher_is_better(name):
+            continue
+        if name not in best or value > best[name]["value"]:
+            best[name] = {"value": float(value), "epoch": int(epoch), "step": int(step)}
+
+
+def project_2d(x: Tensor, y: Tensor, *, max_points: int, seed: int) -> dict[str, Tensor]:
+    """A 2-D PCA of features ``x (T, D)`` for plotting: at most ``max_points`` rows drawn
+    reproducibly. Returns ``points (n, 2)``, ``labels (n,)`` and ``explained (2,)``, the
+    fraction of variance along each axis."""
+    x = x.float().cpu()
+    y = y.cpu()
+    if x.shape[0] > max_points:
+        keep = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:max_points]
+        x, y = x[keep], y[keep]
+    centred = x - x.mean(0)
+    _, s, v = torch.linalg.svd(centred, full_matrices=False)
+    k = min(2, v.shape[0])
+    points = centred @ v[:k].T
+    if k < 2:
+        points = torch.cat([points, torch.zeros(points.shape[0], 2 - k)], dim=1)
+    var = s.pow(2)
+    explained = (var[:2] / var.sum().clamp_min(1e-12))
+    explained = torch.cat([explained, torch.zeros(2 - explained.numel())])
+    return {"points": points, "labels": y, "explained": explained}

@@ -18,6 +18,7 @@ from metacontrast.records import (
     Batch,
     Embeddings,
     Episode,
+    EvalInputs,
     Features,
     Logits,
     LossInputs,
@@ -217,16 +218,33 @@ class Memory(nn.Module):
 
 
 class Evaluator:
-    """Frozen train/test Features -> named metrics (floats, in [0, 1] for accuracies)."""
+    """Labelled data -> named metrics (floats; accuracies in [0, 1], higher is better).
+
+    A frozen-feature protocol (kNN, linear probe, few-shot) implements ``evaluate`` on the
+    shared train/test ``Features``. A protocol that needs the encoder or the images
+    themselves (fine-tuning, a probe on augmented images, transfer to another dataset)
+    overrides ``run`` and sets ``NEEDS_ENCODER`` (it is then left out of the raw-pixel
+    baseline). ``PERIODIC``: cheap enough to run every ``trainer.eval_every_epochs``
+    during pre-training unless ``evaluation.periodic`` names the evaluators itself."""
 
     NAME: ClassVar[str]
     Config: ClassVar[type] = NoConfig
+    NEEDS_ENCODER: ClassVar[bool] = False
+    PERIODIC: ClassVar[bool] = True
 
-    def __init__(self, config: Any, context: BuildContext) -> None:
+    def __init__(self, config: Any, context: BuildContext | None) -> None:
         self.config = config
+        # the config key it was built under (eval.<key>); names metrics where a protocol
+        # can be configured twice (a second linear probe with another solver)
+        self.key = self.NAME
 
     def evaluate(self, train: Features, test: Features) -> dict[str, float]:  # pragma: no cover
         raise NotImplementedError
+
+    def run(self, inputs: EvalInputs) -> dict[str, float]:
+        """Metrics of the encoder in ``inputs``; the default evaluates frozen features."""
+        train, test = inputs.frozen()
+        return self.evaluate(train, test)
 
 
 class TrainStep(Protocol):

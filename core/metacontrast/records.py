@@ -329,6 +329,49 @@ class Features:
                f"need x (N, D) and y (N,), got {tuple(self.x.shape)} and {tuple(self.y.shape)}")
 
 
+@attrs.define(eq=False)
+class EvalInputs:
+    """What an evaluator reads.
+
+    ``encoder``: the frozen encoder (``None`` for the raw-pixel baseline); evaluators that
+    train it (fine-tuning) work on a copy. ``data``: the labelled images (an ``ImageData``:
+    uint8 ``train_images (N, C, H, W)``, ``test_images (T, C, H, W)``, labels).
+    ``train_index (N_eval,)``: the train rows frozen-feature protocols use.
+    ``features(images) -> (n, D)``: uint8 images -> frozen float32 features.
+    ``seed``: the run's seed; ``run_dir``: where evaluators may save what they drew (label
+    subsets), ``None`` when nothing may be written. ``details``: evaluators add what a
+    reader needs besides the metrics (chosen hyperparameters, subset files); it ends up in
+    ``results.json``."""
+
+    encoder: Any
+    data: Any
+    train_index: Tensor
+    features: Callable[[Tensor], Tensor]
+    seed: int = 0
+    run_dir: Any = None
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    channels_last: bool = False
+    batch_size: int = 512
+    details: dict[str, Any] = attrs.field(factory=dict)
+    _frozen: tuple[Features, Features] | None = attrs.field(default=None, init=False, repr=False)
+
+    def frozen(self) -> tuple[Features, Features]:
+        """``(train, test)`` frozen features, extracted once and shared by all evaluators:
+        train = the ``train_index`` rows of the train split, test = the whole test split."""
+        if self._frozen is None:
+            d = self.data
+            idx = self.train_index.to(d.train_images.device)
+            train = Features(self.features(d.train_images[idx]),
+                             d.train_labels[idx.to(d.train_labels.device)])
+            test = Features(self.features(d.test_images), d.test_labels)
+            self._frozen = (train, test)
+        return self._frozen
+
+    @property
+    def has_frozen(self) -> bool:
+        return self._frozen is not None
+
+
 @attrs.frozen(eq=False)
 class StepState:
     """What boundary hooks see: position, the detached loss terms of the last step and

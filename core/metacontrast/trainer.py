@@ -42,8 +42,11 @@ from metacontrast.data import EpochBatchSampler, ImageData, load_dataset, subset
 from metacontrast.data.files import stream_batches
 from metacontrast.evaluation import (
     extract_features,
+    project_2d,
     raw_pixel_features,
     run_evaluators,
+    select_periodic,
+    update_best,
 )
 from metacontrast.guards import NONFINITE_POLICIES, clip_gradients, nonfinite_gradient, nonfinite_term
 from metacontrast.host import tune_glibc_malloc
@@ -51,7 +54,7 @@ from metacontrast.interfaces import BuildContext
 from metacontrast.metrics import MetricsLogger
 from metacontrast.optim import build_optimizer, build_scheduler
 from metacontrast.plugins import PluginManager
-from metacontrast.records import Batch, LossTerms, StepInputs, StepState
+from metacontrast.records import Batch, EvalInputs, LossTerms, StepInputs, StepState
 from metacontrast.signals import StopRequested, StopSignals
 from metacontrast.targets import check_targets
 
@@ -162,6 +165,9 @@ class Run:
     last_saved_step: int = -1
     shared_bad_files: dict[int, str] = attrs.field(factory=dict)
     baseline_metrics: dict[str, dict[str, float]] = attrs.field(factory=dict)
+    # per metric of the periodic evaluations: {"value", "epoch", "step"} of the best one
+    best_metrics: dict[str, dict[str, float]] = attrs.field(factory=dict)
+    eval_details: dict[str, Any] = attrs.field(factory=dict)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -259,6 +265,7 @@ def state_payload(run: Run) -> dict[str, Any]:
         "scheduler": run.scheduler.state_dict(),
         "rng": distributed.all_gather_object(rng_state({"augment": run.generator})),
         "baseline_metrics": run.baseline_metrics,
+        "best_metrics": run.best_metrics,
     }
     if run.scaler is not None:
         payload["scaler"] = run.scaler.state_dict()
@@ -316,6 +323,7 @@ def restore(run: Run, path: Path, payload: dict[str, Any]) -> None:
     restore_rng_state(payload["rng"][run.world.rank], {"augment": run.generator})
     run.position = Position(**payload["position"])
     run.baseline_metrics = dict(payload.get("baseline_metrics", {}))
+    run.best_metrics = dict(payload.get("best_metrics", {}))
 
 
 # -- evaluation -----------------------------------------------------------------------
@@ -329,12 +337,35 @@ def _eval_train_index(run: Run) -> torch.Tensor:
     return subset_indices(n, int(run.cfg.evaluation.train_subset), int(run.cfg.trainer.seed))
 
 
-def evaluate_encoder(run: Run, encoder: torch.nn.Module) -> dict[str, float]:
-    ev = run.cfg.evaluation
-    features = lambda x: extract_features(  # noqa: E731
-        encoder, x, mean=run.data.mean, std=run.data.std, batch_size=int(ev.batch_size),
-        autocast=run.autocast, channels_last=bool(run.cfg.trainer.channels_last))
-    return run_evaluators(run.components.evaluators, features, run.data, _eval_train_index(run))
+def eval_inputs(run: Run, encoder: torch.nn.Module | None) -> EvalInputs:
+    """What evaluators read about ``encoder`` (``None``: raw pixels)."""
+    ev, t = run.cfg.evaluation, run.cfg.trainer
+    if encoder is None:
+        features = lambda x: raw_pixel_features(x, run.data.mean, run.data.std)  # noqa: E731
+    else:
+        features = lambda x: extract_features(  # noqa: E731
+            encoder, x, mean=run.data.mean, std=run.data.std, batch_size=int(ev.batch_size),
+            autocast=run.autocast, channels_last=bool(t.channels_last))
+    return EvalInputs(encoder=encoder, data=run.data, train_index=_eval_train_index(run),
+                      features=features, seed=int(t.seed), run_dir=run.run_dir,
+                      autocast=run.autocast, channels_last=bool(t.channels_last),
+                      batch_size=int(ev.batch_size))
+
+
+def evaluate_encoder(run: Run, encoder: torch.nn.Module, evaluators: dict[str, Any] | None = None,
+                     *, project: bool = False) -> dict[str, float]:
+    """Metrics of ``evaluators`` (default: all configured) on ``encoder``; ``project``:
+    also save the 2-D projection of its test features (``test_projection.pt``)."""
+    inputs = eval_inputs(run, encoder)
+    metrics = run_evaluators(run.components.evaluators if evaluators is None else evaluators, inputs)
+    run.eval_details.update(inputs.details)
+    points = int(run.cfg.evaluation.projection_points)
+    if project and points > 0 and run.world.is_main:
+        _, test = inputs.frozen()
+        projection = project_2d(test.x, test.y, max_points=points, seed=int(run.cfg.trainer.seed))
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        save_atomic(projection, run.run_dir / "test_projection.pt")
+    return metrics
 
 
 def evaluate_baselines(run: Run) -> None:
@@ -349,9 +380,8 @@ def evaluate_baselines(run: Run) -> None:
     if "random_init" in baselines:
         run.baseline_metrics["random_init"] = evaluate_encoder(run, copy.deepcopy(run.model.encoder))
     if "raw_pixels" in baselines:
-        run.baseline_metrics["raw_pixels"] = run_evaluators(
-            run.components.evaluators, lambda x: raw_pixel_features(x, run.data.mean, run.data.std),
-            run.data, _eval_train_index(run))
+        run.baseline_metrics["raw_pixels"] = run_evaluators(run.components.evaluators,
+                                                            eval_inputs(run, None))
 
 
 # -- the loop -------------------------------------------------------------------------
@@ -442,9 +472,18 @@ def _end_epoch(run: Run, logger: MetricsLogger, terms: LossTerms | None) -> None
         save_checkpoint(run)
     every = int(t.eval_every_epochs)
     if every > 0 and pos.epoch % every == 0 and run.world.is_main:
-        metrics = evaluate_encoder(run, run.model.encoder)
-        logger.log({"step": pos.step, "epoch": pos.epoch, **{f"eval/{k}": v for k, v in metrics.items()}})
+        periodic = select_periodic(run.components.evaluators, _periodic_names(run))
+        if periodic:
+            metrics = evaluate_encoder(run, run.model.encoder, periodic)
+            update_best(run.best_metrics, metrics, epoch=pos.epoch, step=pos.step)
+            logger.log({"step": pos.step, "epoch": pos.epoch,
+                        **{f"eval/{k}": v for k, v in metrics.items()}})
     distributed.barrier()
+
+
+def _periodic_names(run: Run) -> list[str] | None:
+    names = run.cfg.evaluation.periodic
+    return None if names is None else [str(n) for n in names]
 
 
 def _epoch_batches(run: Run, stop: int) -> Iterator[tuple[int, Batch]]:
@@ -577,16 +616,37 @@ def fit(cfg: DictConfig, plugins: PluginManager | None = None) -> dict[str, Any]
     train_seconds = time.perf_counter() - started
     results: dict[str, Any] = {}
     if run.world.is_main:
-        pretrained = evaluate_encoder(run, run.model.encoder) if run.components.evaluators else {}
+        pretrained = (evaluate_encoder(run, run.model.encoder, project=True)
+                      if run.components.evaluators else {})
         metrics = {"pretrained": pretrained}
         metrics.update(run.baseline_metrics)
+        # the final evaluation competes with the periodic ones for "best"
+        final = {k: v for k, v in pretrained.items() if k in run.best_metrics}
+        update_best(run.best_metrics, final, epoch=run.position.epoch, step=run.position.step)
         results = describe_run(run, metrics, train_seconds)
         (run.run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     distributed.barrier()
     return results
 
 
+def hardware_description(device: torch.device) -> str:
+    """The accelerator's name, or the CPU model with the threads torch uses."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model or 'CPU'} ({torch.get_num_threads()} threads)"
+
+
 def describe_run(run: Run, metrics: dict[str, dict[str, float]], seconds: float) -> dict[str, Any]:
+    """The content of ``results.json``: what ran, where, how long, and every metric with
+    the protocol (evaluator config) that produced it."""
+    from metacontrast import __version__
+
     cfg = run.cfg
     precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[
         resolve_precision(str(cfg.trainer.precision), run.device)]
@@ -597,15 +657,23 @@ def describe_run(run: Run, metrics: dict[str, dict[str, float]], seconds: float)
         "steps": run.position.step,
         "epochs": run.position.epoch,
         "global_batch": int(cfg.trainer.batch_size) * run.world.world_size * int(cfg.trainer.accumulate),
+        "seed": int(cfg.trainer.seed),
         "precision": precision,
         "device": str(run.device),
+        "hardware": hardware_description(run.device),
         "world_size": run.world.world_size,
+        "torch": torch.__version__,
+        "metacontrast": __version__,
         "wall_clock_s": round(seconds, 1),
         "train_images_for_eval": int(_eval_train_index(run).shape[0]),
         "unreadable_files": run.data.unreadable_files,
         "test_images": int(run.data.test_images.shape[0]),
         "protocols": {name: OmegaConf.to_container(cfg.eval[name], resolve=True) for name in cfg.eval},
         "metrics": metrics,
+        # the best of the periodic evaluations (every trainer.eval_every_epochs) and the final one
+        "best_metrics": run.best_metrics,
+        "eval_every_epochs": int(cfg.trainer.eval_every_epochs),
+        "evaluation_details": run.eval_details,
         "run_dir": str(run.run_dir),
     }
 
@@ -637,7 +705,7 @@ def evaluate_checkpoint(path: Path, overrides: list[str],
                               f"{str(err).splitlines()[0]}") from None
     run.position = Position(**payload["position"])
     run.baseline_metrics = dict(payload.get("baseline_metrics", {}))
-    metrics = {"pretrained": evaluate_encoder(run, run.model.encoder)}
+    metrics = {"pretrained": evaluate_encoder(run, run.model.encoder, project=True)}
     metrics.update(run.baseline_metrics)
     results = describe_run(run, metrics, time.perf_counter() - started)
     results["checkpoint"] = str(path)

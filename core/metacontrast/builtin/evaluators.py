@@ -1,4 +1,4 @@
-"""Built-in evaluators on frozen features: weighted kNN and a linear probe."""
+"""The weighted kNN evaluator on frozen features."""
 
 from __future__ import annotations
 
@@ -62,57 +62,6 @@ class KNNEvaluator(Evaluator):
                              temperature=self.config.temperature, num_classes=num_classes,
                              chunk=self.config.chunk)
         return _accuracies(scores, test.y, "knn")
-
-
-@attrs.define
-class LinearProbeConfig:
-    """Multinomial logistic regression on standardised frozen features, fitted by
-    full-batch L-BFGS: ``weight_decay`` (L2 on the weights), ``max_iter`` iterations."""
-
-    weight_decay: float = 1e-4
-    max_iter: int = 200
-
-    def __attrs_post_init__(self) -> None:
-        if self.weight_decay < 0:
-            raise ValueError(f"eval.linear.weight_decay must be >= 0, got {self.weight_decay}")
-
-
-def fit_linear_probe(x: Tensor, y: Tensor, num_classes: int, *, weight_decay: float,
-                     max_iter: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Fit ``softmax(W x' + b)`` on standardised ``x' = (x - mu) / sd``. ``x (N, D)``,
-    ``y (N,)``. Returns ``(W (num_classes, D), b (num_classes,), mu (D,), sd (D,))``."""
-    x = x.float()
-    mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
-    xs = (x - mu) / sd
-    w = torch.zeros(num_classes, x.shape[1], requires_grad=True)
-    b = torch.zeros(num_classes, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20,
-                            line_search_fn="strong_wolfe")
-
-    def closure() -> Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(xs @ w.T + b, y) + 0.5 * weight_decay * (w * w).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
-    return w.detach(), b.detach(), mu, sd
-
-
-class LinearProbeEvaluator(Evaluator):
-    """Top-1/top-5 of a linear classifier trained on frozen train features."""
-
-    NAME = "linear"
-    Config = LinearProbeConfig
-
-    def evaluate(self, train: Features, test: Features) -> dict[str, float]:
-        num_classes = int(max(train.y.max(), test.y.max())) + 1
-        w, b, mu, sd = fit_linear_probe(train.x.cpu(), train.y.cpu(), num_classes,
-                                        weight_decay=self.config.weight_decay,
-                                        max_iter=self.config.max_iter)
-        scores = ((test.x.cpu().float() - mu) / sd) @ w.T + b
-        return _accuracies(scores, test.y.cpu(), "linear")
 
 
 def _accuracies(scores: Tensor, y: Tensor, prefix: str) -> dict[str, float]:

@@ -11,9 +11,10 @@ from typing import Any
 from metacontrast import hookimpl
 from metacontrast.builtin.encoders import Conv4, ResNet18, ResNet50, TorchvisionBackbone
 from metacontrast.builtin.episodes import NWayKShotEpisode, PairsEpisode
-from metacontrast.builtin.evaluators import KNNEvaluator, LinearProbeEvaluator
+from metacontrast.builtin.evaluators import KNNEvaluator
 from metacontrast.builtin.fewshot import FewShotEvaluator
 from metacontrast.builtin.heads import IdentityHead, MLPHead
+from metacontrast.builtin.linear_probe import LinearProbeEvaluator
 from metacontrast.builtin.views import IdentityViews
 from metacontrast.step import DefaultTrainStep
 
