@@ -55,6 +55,7 @@ NEEDS = {
     ("eval", "few_shot"): ["eval.few_shot.episodes=20", "eval.few_shot.queries=3"],
     ("eval", "linear_sgd"): ["eval.linear_sgd.epochs=2"],
     ("eval", "linear_aug"): ["eval.linear_aug.epochs=2"],
+    ("eval", "semi_supervised"): ["eval.semi_supervised.epochs=[1]", "eval.semi_supervised.max_steps=2"],
     # MetAug's channel views need RGB images: the synthetic CIFAR-10 (see RGB_OPTIONS)
     ("encoder", "split_alexnet"): ["head=split_projection", "loss=[oucl]", "views=cmc", "encoder.width=0.125"],
     ("encoder", "channel_split"): ["head=split_projection", "loss=[oucl]", "views=cmc", "+encoder.encoder.hidden=8",
@@ -124,6 +125,10 @@ def test_config_composes_and_runs_two_steps(group, option, tmp_path):
     extra += NEEDS.get((group, option), [])
     if group == "data":
         extra += _data_overrides(option, tmp_path)
+    if (group, option) == ("eval", "transfer"):  # a synthetic RGB target for the grey digits
+        target = _synthetic_npz(tmp_path / "target.npz")
+        extra += ["eval.transfer.data.name=npz", f"eval.transfer.data.root={target}",
+                  "eval.transfer.weight_decays=[0.001]", "eval.transfer.max_iter=5"]
     if (group, option) in RGB_OPTIONS:
         extra += ["data=cifar10", *_data_overrides("cifar10", tmp_path)]
     if group == "experiment" and option.startswith("metaug_cifar10"):

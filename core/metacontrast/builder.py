@@ -140,7 +140,13 @@ def build_components(cfg: DictConfig, plugins: PluginManager, context: BuildCont
         memory = build_one(plugins, "memory", "memory", _node(cfg, "memory"), context)
     evaluators = {}
     for name, params in _named_map(cfg, "eval").items():
-        evaluators[name] = build_one(plugins, "evaluator", f"eval.{name}", {"name": name, **params}, context)
+        try:  # an evaluator may read its own data when built (transfer's target dataset)
+            evaluators[name] = build_one(plugins, "evaluator", f"eval.{name}", {"name": name, **params},
+                                         context)
+        except ValueError as err:
+            if isinstance(err, ConfigError):
+                raise
+            raise ConfigError(f"eval.{name}: {err}") from None
         evaluators[name].key = name
     if int(cfg.trainer.forward_chunks) < 1:
         raise ConfigError(f"trainer.forward_chunks: must be >= 1, got {cfg.trainer.forward_chunks}")

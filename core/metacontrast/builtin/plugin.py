@@ -15,6 +15,8 @@ from metacontrast.builtin.evaluators import KNNEvaluator
 from metacontrast.builtin.fewshot import FewShotEvaluator
 from metacontrast.builtin.heads import IdentityHead, MLPHead
 from metacontrast.builtin.linear_probe import LinearProbeEvaluator
+from metacontrast.builtin.semi_supervised import SemiSupervisedEvaluator
+from metacontrast.builtin.transfer import TransferEvaluator
 from metacontrast.builtin.views import IdentityViews
 from metacontrast.step import DefaultTrainStep
 
@@ -41,7 +43,7 @@ def metacontrast_register_episode_builders() -> list[type]:
 
 @hookimpl
 def metacontrast_register_evaluators() -> list[type]:
-    return [KNNEvaluator, LinearProbeEvaluator, FewShotEvaluator]
+    return [KNNEvaluator, LinearProbeEvaluator, FewShotEvaluator, SemiSupervisedEvaluator, TransferEvaluator]
 
 
 @hookimpl(trylast=True)
