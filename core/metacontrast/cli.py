@@ -16,6 +16,11 @@ commands:
   eval checkpoint=PATH [key=value ...]     evaluate a checkpoint's encoder
   plugins                                  list plugins and the components they register
   config [key=value ...]                   print the composed config
+  multirun [--dir DIR] [key=a,b ...]       one train per combination of the swept values
+                                           (hydra sweep syntax: a,b  range(0,3)); also
+                                           train -m / train --multirun
+  report RUN_DIR [RUN_DIR ...] [--out DIR] Markdown report with PNG plots of finished runs
+                                           (a sweep directory stands for all its runs)
 """
 
 
@@ -25,10 +30,11 @@ def _errors() -> tuple[type[BaseException], ...]:
     from metacontrast.data import DatasetError
     from metacontrast.plugins import PluginError, UnknownComponentError
     from metacontrast.records import ShapeError
+    from metacontrast.report import ReportError
     from metacontrast.trainer import TrainingError
 
     return (CheckpointError, ConfigError, DatasetError, PluginError, UnknownComponentError,
-            ShapeError, TrainingError)
+            ShapeError, TrainingError, ReportError)
 
 
 def compose_with_plugins(args: list[str]):
@@ -47,6 +53,8 @@ def compose_with_plugins(args: list[str]):
 
 
 def _train(args: list[str]) -> int:
+    if any(a in ("-m", "--multirun") for a in args):
+        return _multirun([a for a in args if a not in ("-m", "--multirun")])
     from metacontrast.trainer import fit
 
     cfg, plugins = compose_with_plugins(args)
@@ -84,7 +92,46 @@ def _config(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "eval": _eval, "plugins": _plugins, "config": _config}
+def _option(args: list[str], flag: str) -> tuple[str | None, list[str]]:
+    """``--flag VALUE`` or ``--flag=VALUE`` taken out of ``args``."""
+    rest, value = [], None
+    it = iter(args)
+    for a in it:
+        if a == flag:
+            value = next(it, None)
+            if value is None:
+                from metacontrast.config import ConfigError
+
+                raise ConfigError(f"{flag}: needs a value")
+        elif a.startswith(flag + "="):
+            value = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+    return value, rest
+
+
+def _multirun(args: list[str]) -> int:
+    from metacontrast.multirun import run_sweep
+
+    sweep_dir, rest = _option(args, "--dir")
+    return run_sweep(rest, Path(sweep_dir) if sweep_dir else None)
+
+
+def _report(args: list[str]) -> int:
+    from metacontrast.report import write_report
+
+    out, paths = _option(args, "--out")
+    if not paths:
+        from metacontrast.report import ReportError
+
+        raise ReportError("report: give at least one run directory")
+    path = write_report([Path(p) for p in paths], Path(out) if out else None)
+    print(path)
+    return 0
+
+
+COMMANDS = {"train": _train, "eval": _eval, "plugins": _plugins, "config": _config,
+            "multirun": _multirun, "report": _report}
 
 
 def main(argv: list[str] | None = None) -> int:
