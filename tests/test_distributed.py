@@ -154,3 +154,25 @@ def test_torchrun_trains_clsa_with_shuffled_keys_and_a_shared_queue(tmp_path):
     assert int(first["memory"]["pointer"]) == 16 and (first["memory"]["ids"][:16] >= 0).all()
     rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss/ddm"' in r]
     assert rows and all(np.isfinite(r["loss/ddm"]) and np.isfinite(r["loss/moco_infonce"]) for r in rows)
+
+
+@pytest.mark.distributed
+def test_sharded_periodic_evaluation_equals_rank_zero_alone(tmp_path):
+    """Two ranks extracting halves of the features give rank 0's own numbers exactly."""
+    from .conftest import TINY
+
+    evals = {}
+    for shard in ("true", "false"):
+        run_dir = tmp_path / shard
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "metacontrast.cli", "train", *TINY, "trainer.batch_size=8", "trainer.max_steps=0",
+               "data.train_subset=48", "trainer.eval_every_epochs=1", "evaluation.baselines=[]",
+               "evaluation.train_subset=101", f"evaluation.sharded={shard}", f"trainer.run_dir={run_dir}"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+        rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        evals[shard] = [{k: v for k, v in r.items() if k.startswith("eval/")} for r in rows
+                        if any(k.startswith("eval/") for k in r)]
+    assert len(evals["true"]) == 1 and evals["true"][0]["eval/knn_top1"] > 0
+    assert evals["true"] == evals["false"]

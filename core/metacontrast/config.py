@@ -128,13 +128,16 @@ class EvaluationConfig:
     ``periodic``: the evaluators run every ``trainer.eval_every_epochs`` during
     pre-training (null: the cheap ones, kNN, linear probe on cached features, few-shot);
     their best value and its epoch are reported next to the last. ``projection_points``:
-    test rows in the 2-D PCA projection saved for ``metacontrast report`` (0: none)."""
+    test rows in the 2-D PCA projection saved for ``metacontrast report`` (0: none).
+    ``sharded``: under DDP, every rank extracts its share of the periodic evaluation's
+    frozen features (rank 0 alone otherwise); the evaluators run on rank 0."""
 
     baselines: list[str] = field(default_factory=lambda: ["random_init", "raw_pixels"])
     train_subset: int = 0
     batch_size: int = 512
     periodic: Optional[list[str]] = None  # noqa: UP045
     projection_points: int = 2000
+    sharded: bool = True
 
 
 @dataclass

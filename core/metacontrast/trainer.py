@@ -337,8 +337,24 @@ def _eval_train_index(run: Run) -> torch.Tensor:
     return subset_indices(n, int(run.cfg.evaluation.train_subset), int(run.cfg.trainer.seed))
 
 
-def eval_inputs(run: Run, encoder: torch.nn.Module | None) -> EvalInputs:
-    """What evaluators read about ``encoder`` (``None``: raw pixels)."""
+def sharded(features: Callable[[torch.Tensor], torch.Tensor], world: distributed.WorldInfo
+            ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``features`` computed by every rank on its contiguous share of the images and
+    gathered in rank order: the same rows as one process computes, in 1/world the time.
+    Every rank must call it with the same images."""
+    def gathered(images: torch.Tensor) -> torch.Tensor:
+        per = -(-images.shape[0] // world.world_size)
+        share = images[world.rank * per:(world.rank + 1) * per]
+        local = features(share).cpu() if share.shape[0] else None
+        parts = [p for p in distributed.all_gather_object(local) if p is not None]
+        return torch.cat(parts).to(images.device)  # type: ignore[arg-type]
+    return gathered
+
+
+def eval_inputs(run: Run, encoder: torch.nn.Module | None, *, shard: bool = False) -> EvalInputs:
+    """What evaluators read about ``encoder`` (``None``: raw pixels). ``shard``: frozen
+    features are extracted by all ranks together (every rank must then call
+    ``inputs.frozen()``)."""
     ev, t = run.cfg.evaluation, run.cfg.trainer
     if encoder is None:
         features = lambda x: raw_pixel_features(x, run.data.mean, run.data.std)  # noqa: E731
@@ -346,6 +362,8 @@ def eval_inputs(run: Run, encoder: torch.nn.Module | None) -> EvalInputs:
         features = lambda x: extract_features(  # noqa: E731
             encoder, x, mean=run.data.mean, std=run.data.std, batch_size=int(ev.batch_size),
             autocast=run.autocast, channels_last=bool(t.channels_last))
+        if shard:
+            features = sharded(features, run.world)
     return EvalInputs(encoder=encoder, data=run.data, train_index=_eval_train_index(run),
                       features=features, seed=int(t.seed), run_dir=run.run_dir,
                       autocast=run.autocast, channels_last=bool(t.channels_last),
@@ -471,14 +489,30 @@ def _end_epoch(run: Run, logger: MetricsLogger, terms: LossTerms | None) -> None
     if int(t.checkpoint_every) == 0:
         save_checkpoint(run)
     every = int(t.eval_every_epochs)
-    if every > 0 and pos.epoch % every == 0 and run.world.is_main:
-        periodic = select_periodic(run.components.evaluators, _periodic_names(run))
-        if periodic:
-            metrics = evaluate_encoder(run, run.model.encoder, periodic)
-            update_best(run.best_metrics, metrics, epoch=pos.epoch, step=pos.step)
-            logger.log({"step": pos.step, "epoch": pos.epoch,
-                        **{f"eval/{k}": v for k, v in metrics.items()}})
+    if every > 0 and pos.epoch % every == 0:
+        _periodic_evaluation(run, logger)
     distributed.barrier()
+
+
+def _periodic_evaluation(run: Run, logger: MetricsLogger) -> None:
+    """The periodic evaluators on rank 0; with ``evaluation.sharded`` under DDP every rank
+    extracts its share of the frozen features first."""
+    periodic = select_periodic(run.components.evaluators, _periodic_names(run))
+    if not periodic:
+        return
+    shard = bool(run.cfg.evaluation.sharded) and run.world.distributed
+    if not (shard or run.world.is_main):
+        return
+    inputs = eval_inputs(run, run.model.encoder, shard=shard)
+    if shard:
+        inputs.frozen()  # a collective: every rank takes part
+    if not run.world.is_main:
+        return
+    metrics = run_evaluators(periodic, inputs)
+    run.eval_details.update(inputs.details)
+    pos = run.position
+    update_best(run.best_metrics, metrics, epoch=pos.epoch, step=pos.step)
+    logger.log({"step": pos.step, "epoch": pos.epoch, **{f"eval/{k}": v for k, v in metrics.items()}})
 
 
 def _periodic_names(run: Run) -> list[str] | None:
