@@ -35,7 +35,7 @@ except ImportError:  # run as a module
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default=".cache/data")
-    parser.add_argument("--train", type=int, default=10000)
+    parser.add_argument("--train", type=int, default=50000)
     parser.add_argument("--test", type=int, default=10000)
     parser.add_argument("--write", action="store_true", help="record the table in docs/benchmarks.md")
     args = parser.parse_args()
