@@ -215,3 +215,19 @@ def test_second_probe_under_its_own_key(tmp_path):
                           "evaluation.baselines=[]", f"trainer.run_dir={tmp_path}"])
     metrics = fit(cfg)["metrics"]["pretrained"]
     assert {"linear_top1", "linear_sgd_top1"} <= set(metrics)
+
+
+def test_checkpoint_eval_adds_and_switches_off_protocols(tmp_path):
+    from metacontrast.checkpoint import list_checkpoints
+    from metacontrast.config import compose_config
+    from metacontrast.trainer import evaluate_checkpoint, fit
+
+    from .conftest import TINY
+
+    fit(compose_config([*TINY, "evaluation.baselines=[]", f"trainer.run_dir={tmp_path}"]))
+    checkpoint = list_checkpoints(tmp_path / "checkpoints")[-1]
+    results = evaluate_checkpoint(checkpoint, ["eval.linear=null", "eval.probe_sgd.name=linear",
+                                               "eval.probe_sgd.solver=sgd", "eval.probe_sgd.epochs=2"])
+    assert set(results["metrics"]["pretrained"]) == {"knn_top1", "knn_top5", "probe_sgd_top1", "probe_sgd_top5"}
+    # the recorded protocol is the effective one, defaults filled in
+    assert results["protocols"]["probe_sgd"]["batch_size"] == 4096 and "linear" not in results["protocols"]

@@ -676,6 +676,13 @@ def hardware_description(device: torch.device) -> str:
     return f"{model or 'CPU'} ({torch.get_num_threads()} threads)"
 
 
+def protocol_settings(evaluator: Any) -> dict[str, Any]:
+    """An evaluator's effective settings (its config with every default filled in)."""
+    config = evaluator.config
+    settings = attrs.asdict(config) if attrs.has(type(config)) else {}
+    return {"name": evaluator.NAME, **settings}
+
+
 def describe_run(run: Run, metrics: dict[str, dict[str, float]], seconds: float) -> dict[str, Any]:
     """The content of ``results.json``: what ran, where, how long, and every metric with
     the protocol (evaluator config) that produced it."""
@@ -702,7 +709,7 @@ def describe_run(run: Run, metrics: dict[str, dict[str, float]], seconds: float)
         "train_images_for_eval": int(_eval_train_index(run).shape[0]),
         "unreadable_files": run.data.unreadable_files,
         "test_images": int(run.data.test_images.shape[0]),
-        "protocols": {name: OmegaConf.to_container(cfg.eval[name], resolve=True) for name in cfg.eval},
+        "protocols": {name: protocol_settings(ev) for name, ev in run.components.evaluators.items()},
         "metrics": metrics,
         # the best of the periodic evaluations (every trainer.eval_every_epochs) and the final one
         "best_metrics": run.best_metrics,
