@@ -4,7 +4,8 @@ Usage: torchrun --standalone --nproc_per_node=W tests/ddp_equivalence_worker.py 
 With W = 1 (or no torchrun) the process takes the whole batch. NT_XENT_GATHER=0 turns
 off the cross-rank negatives (the negative control). METHOD=protonet|ridge|svm uses that
 solver with query cross-entropy on a 1-shot episode spanning the ranks (SPAN=0: each
-rank its own task, the negative control). Writes OUT_DIR/rank<r>.pt
+rank its own task, the negative control). METHOD=triplet|npair: the classic losses
+(NT_XENT_GATHER=0 turns off their cross-rank negatives too). Writes OUT_DIR/rank<r>.pt
 with the mean loss and every parameter gradient after DDP's averaging.
 """
 
@@ -38,6 +39,13 @@ def main(out_dir: Path) -> None:
     if method == "simclr":
         loss = NTXentLoss(NTXentConfig(temperature=0.3, gather=gather), ctx)
         model = Model(encoder, head, {"nt_xent": loss}, {"nt_xent": 1.0})
+    elif method in ("triplet", "npair"):
+        from metacontrast_classic.npair import NPairConfig, NPairLoss
+        from metacontrast_classic.triplet import TripletConfig, TripletLoss
+
+        loss = (TripletLoss(TripletConfig(margin=0.5, mining="semi_hard", gather=gather), ctx) if method == "triplet"
+                else NPairLoss(NPairConfig(gather=gather), ctx))
+        model = Model(encoder, head, {method: loss}, {method: 1.0})
     else:
         from metacontrast_metassl.losses import QueryCELoss
         from metacontrast_metassl.solvers import ProtoNetConfig, ProtoNetSolver, RidgeConfig, RidgeSolver
@@ -55,7 +63,7 @@ def main(out_dir: Path) -> None:
     b = GLOBAL_BATCH // world.world_size
     mine = slice(world.rank * b, (world.rank + 1) * b)
     views = Views(images=(all_views[0, mine], all_views[1, mine]), index=torch.arange(GLOBAL_BATCH)[mine])
-    if method == "simclr":
+    if method in ("simclr", "triplet", "npair"):
         episode = Episode.pairs(views)
     else:
         span = os.environ.get("SPAN", "1") == "1"

@@ -67,6 +67,22 @@ def test_episodes_span_ranks_for_every_solver(tmp_path, method):
     assert abs(local["loss"].item() - one["loss"].item()) > 1e-3
 
 
+@pytest.mark.distributed
+@pytest.mark.parametrize("method", ["triplet", "npair"])
+def test_classic_losses_take_negatives_from_every_rank(tmp_path, method):
+    _run(1, tmp_path / "one", method=method)
+    _run(2, tmp_path / "two", method=method)
+    one = torch.load(tmp_path / "one" / "rank0.pt")
+    for r in (0, 1):
+        two = torch.load(tmp_path / "two" / f"rank{r}.pt")
+        torch.testing.assert_close(two["loss"], one["loss"], rtol=1e-5, atol=1e-6)
+        for name, g in one["grads"].items():
+            torch.testing.assert_close(two["grads"][name], g, rtol=1e-4, atol=5e-5, msg=name)
+    _run(2, tmp_path / "local", method=method, gather=False)  # negative control
+    local = torch.load(tmp_path / "local" / "rank0.pt")
+    assert abs(local["loss"].item() - one["loss"].item()) > 1e-4
+
+
 def test_global_batchnorm_without_a_group_is_batchnorm():
     torch.manual_seed(0)
     bn = nn.BatchNorm2d(3)
