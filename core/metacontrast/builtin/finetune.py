@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metacontrast.builtin.linear_probe import SCHEDULES, lr_factor
+from metacontrast.evaluation import extract_features
 from metacontrast.imageops import normalize, random_resized_crop_flip
 
 
@@ -112,18 +113,11 @@ def fine_tune(encoder: nn.Module, images: Tensor, labels: Tensor, num_classes: i
     return model.eval()
 
 
-@torch.no_grad()
 def predict(model: nn.Module, images: Tensor, *, mean: Sequence[float], std: Sequence[float],
             batch_size: int,
             autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
             channels_last: bool = False) -> Tensor:
-    """Scores ``(N, classes)`` of uint8 ``images (N, C, H, W)`` in eval mode."""
-    model.eval()
-    out = []
-    for start in range(0, images.shape[0], batch_size):
-        x = normalize(images[start:start + batch_size], mean, std)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast():
-            out.append(model(x).float())
-    return torch.cat(out)
+    """Scores ``(N, classes)`` of uint8 ``images (N, C, H, W)`` in eval mode (the frozen
+    feature extraction, with the classifier as the network)."""
+    return extract_features(model, images, mean=mean, std=std, batch_size=batch_size, autocast=autocast,
+                            channels_last=channels_last)
