@@ -160,7 +160,8 @@ def describe_protocol(key: str, settings: dict[str, Any], results: dict[str, Any
                "closed_form": "closed-form ridge",
                "sgd": (f"SGD{' Nesterov' if settings.get('nesterov') else ''} "
                        f"{settings.get('epochs')} epochs, "
-                       f"batch {settings.get('batch_size')}, lr {settings.get('lr')} x batch/256, "
+                       f"batch min({settings.get('batch_size')}, train images), lr {settings.get('lr')} "
+                       f"x batch/256, "
                        f"{settings.get('schedule')} decay")}[solver]
         aug = "random resized crop + flip, re-encoded every epoch" if settings.get("augment") else \
             "cached features, no augmentation"
