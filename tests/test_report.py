@@ -139,3 +139,10 @@ def test_multirun_over_seeds_then_one_report_row(tmp_path, capsys):
     capsys.readouterr()
     assert main(["multirun", *args, "trainer.run_dir=x"]) == 2
     assert "trainer.run_dir: a multirun sets each job's run directory" in capsys.readouterr().err
+
+
+def test_unknown_periodic_evaluator_fails_before_training(tmp_path, capsys):
+    code = main(["train", *TINY, "evaluation.periodic=[knn,fewshot]", f"trainer.run_dir={tmp_path / 'run'}"])
+    assert code == 2
+    assert "evaluation.periodic: fewshot not among the configured evaluators (knn, linear)" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

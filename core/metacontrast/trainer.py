@@ -216,6 +216,8 @@ def setup(cfg: DictConfig, plugins: PluginManager | None = None) -> Run:
                            rank=world.rank, world_size=world.world_size,
                            allowed_targets=allowed_targets)
     components = build_components(cfg, plugins, context)
+    periodic = cfg.evaluation.periodic  # checked now, not at the first epoch's end
+    select_periodic(components.evaluators, None if periodic is None else [str(n) for n in periodic])
     model = components.model.to(device)
     components.view_generator.to(device)
     if components.memory is not None:
