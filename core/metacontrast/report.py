@@ -125,8 +125,8 @@ def format_value(values: Sequence[float], percent: bool) -> str:
 
 
 def is_accuracy(metric: str) -> bool:
-    return metric.endswith(("_top1", "_top5", "_top3", "_top2")) or (
-        metric.startswith("fewshot_") and not metric.endswith("_ci95")) or metric.endswith("_ci95")
+    """Shown in percent: top-k accuracies, few-shot accuracies and their 95% intervals."""
+    return metric.endswith(("_top1", "_top2", "_top3", "_top5", "_ci95")) or metric.startswith("fewshot_")
 
 
 def protocol_of(metric: str, protocols: dict[str, Any]) -> str:
