@@ -155,3 +155,72 @@ def test_clip_gradients_matches_the_formula():
 def test_guard_settings_are_validated(override, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
         fit(compose_config([*TINY, override, f"trainer.run_dir={tmp_path}"]))
+
+
+class _NaNConstant(Loss):
+    """A NaN term with no path to the weights: the gradients stay finite."""
+
+    NAME = "nan_constant"
+
+    def __init__(self, config, context):
+        super().__init__()
+
+    def forward(self, inputs):
+        return torch.tensor(float("nan"), device=inputs.embeddings.z.device)
+
+
+def test_a_non_finite_term_without_gradient_still_halts(tmp_path):
+    plugin = as_module("nan_const_plugin", metacontrast_register_losses=hookimpl(lambda: [_NaNConstant]))
+    cfg = compose_config([*TINY, "+loss.nan_constant.weight=1.0", f"trainer.run_dir={tmp_path / 'run'}"])
+    with pytest.raises(TrainingError, match=r"step 0: loss term 'nan_constant' is nan"):
+        fit(cfg, PluginManager(extra=[plugin]))
+
+
+def test_a_non_finite_first_micro_batch_is_named_and_skips_the_step(tmp_path):
+    from metacontrast.metrics import MetricsLogger
+    from metacontrast.trainer import setup, train_steps
+
+    base = [*TINY, "+loss.nan_at_steps.weight=1.0", "trainer.batch_size=8", "trainer.accumulate=2",
+            "trainer.max_steps=1"]
+    halt = compose_config([*base, f"trainer.run_dir={tmp_path / 'halt'}"])
+    with pytest.raises(TrainingError, match=r"step 0: loss term 'nan_at_steps' is nan"):
+        fit(halt, PluginManager(extra=[_nan_plugin([0])]))  # the second micro-batch is finite
+    run = setup(compose_config([*base, "trainer.nonfinite=skip", f"trainer.run_dir={tmp_path / 'skip'}"]),
+                PluginManager(extra=[_nan_plugin([0])]))
+    before = {k: v.clone() for k, v in run.model.named_parameters()}
+    (tmp_path / "skip").mkdir()
+    train_steps(run, MetricsLogger(tmp_path / "skip", enabled=False, total_steps=1, initial_step=0,
+                                   progress=False, tensorboard=False))
+    assert run.position.skipped == 1
+    assert all(torch.equal(p, before[k]) for k, p in run.model.named_parameters())
+
+
+HOST_READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")
+
+
+def test_a_training_step_reads_the_device_once(tmp_path, monkeypatch):
+    """Between logging steps the loop reads a tensor back to the host once per optimizer
+    step (the finite-ness flags): no per-step ``.item()`` of losses or norms, so a GPU's
+    queue is never drained more than once a step by the trainer."""
+    from metacontrast.metrics import MetricsLogger
+    from metacontrast.trainer import setup, train_steps
+
+    steps = 5
+    cfg = compose_config([*TINY, "views=identity", f"trainer.max_steps={steps}", "trainer.log_every=1000",
+                          "optim=lars", f"trainer.run_dir={tmp_path / 'run'}"])
+    run = setup(cfg)
+    reads: list[str] = []
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    (tmp_path / "run").mkdir()
+    logger = MetricsLogger(tmp_path / "run", enabled=False, total_steps=steps, initial_step=0,
+                           progress=False, tensorboard=False)
+    train_steps(run, logger)
+    # one flags read per step, plus one read of the metrics row at the last step
+    assert reads == ["tolist"] * (steps + 1), reads

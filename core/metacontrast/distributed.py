@@ -167,22 +167,43 @@ def all_reduce_mean(t: Tensor) -> Tensor:
     return out / dist.get_world_size()
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """Whether ``flag`` is true on at least one rank (the flag itself without a group)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag
-    t = torch.tensor([1 if flag else 0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+_control: dict[int, Any] = {}
 
 
-def max_over_ranks(value: int, device: torch.device) -> int:
-    """The largest ``value`` over ranks (``value`` itself without a group)."""
+def _control_group() -> Any:
+    """A gloo group over the same ranks for host-side flags, so that agreeing on a Python
+    value never waits for the device (``None``: the default group, when it is gloo)."""
+    if dist.get_backend() == "gloo":
+        return None
+    key = id(dist.group.WORLD)
+    if key not in _control:
+        _control.clear()
+        _control[key] = dist.new_group(backend="gloo")
+    return _control[key]
+
+
+def max_over_ranks(value: int) -> int:
+    """The largest host-side ``value`` over ranks (``value`` itself without a group),
+    through a CPU (gloo) all-reduce: no device synchronisation."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return value
-    t = torch.tensor([value], device=device, dtype=torch.int64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_control_group())
     return int(t.item())
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether host-side ``flag`` is true on at least one rank (see ``max_over_ranks``)."""
+    return bool(max_over_ranks(1 if flag else 0))
+
+
+def max_over_ranks_tensor(t: Tensor) -> Tensor:
+    """Element-wise maximum of ``t`` over ranks (a copy; ``t`` itself without a group)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    out = t.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return out
 
 
 def broadcast_object(obj: object, src: int = 0) -> object:

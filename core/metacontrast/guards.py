@@ -1,4 +1,8 @@
-"""Guards between backward and the optimizer: non-finite values and gradient clipping."""
+"""Guards between backward and the optimizer: non-finite values and gradient clipping.
+
+``StepHealth`` keeps the step's verdict on the device so that a whole optimizer step reads
+the host once; ``nonfinite_term`` and ``nonfinite_gradient`` name the culprit afterwards
+(only when something was found)."""
 
 from __future__ import annotations
 
@@ -10,6 +14,41 @@ from torch import Tensor, nn
 from metacontrast.records import LossTerms
 
 NONFINITE_POLICIES = ("halt", "skip")
+
+
+class StepHealth:
+    """Whether one optimizer step's loss terms and gradients are all finite, accumulated on
+    ``device`` without reading it back: ``add_loss`` after each micro-batch's forward,
+    ``add_gradients`` after the last backward; ``flags()`` is ``(loss_bad, grad_bad)`` as
+    a float tensor ``(2,)`` for the caller's single host read (or all-reduce)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss_bad = torch.zeros((), device=device)
+        self.grad_bad = torch.zeros((), device=device)
+        self.terms: list[LossTerms] = []
+
+    def add_loss(self, terms: LossTerms) -> None:
+        values = torch.stack([t.detach().float() for t in terms.terms.values()])
+        self.loss_bad = torch.maximum(self.loss_bad, (~torch.isfinite(values)).any().float())
+        self.terms.append(terms.detached())
+
+    def add_gradients(self, model: nn.Module) -> None:
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if grads:
+            norms = torch.stack(torch._foreach_norm([g.float() for g in grads]))
+            self.grad_bad = (~torch.isfinite(norms)).any().float()
+
+    def flags(self) -> Tensor:
+        return torch.stack([self.loss_bad, self.grad_bad])
+
+    def describe_bad_term(self) -> str | None:
+        """``"loss term 'name' is nan"`` for the first non-finite term of the step's
+        micro-batches, else ``None`` (reads the host)."""
+        for terms in self.terms:
+            name = nonfinite_term(terms)
+            if name is not None:
+                return f"loss term {name!r} is {terms.terms[name].item()}"
+        return None
 
 
 def nonfinite_term(terms: LossTerms) -> str | None:

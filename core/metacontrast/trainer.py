@@ -48,7 +48,7 @@ from metacontrast.evaluation import (
     select_periodic,
     update_best,
 )
-from metacontrast.guards import NONFINITE_POLICIES, clip_gradients, nonfinite_gradient, nonfinite_term
+from metacontrast.guards import NONFINITE_POLICIES, StepHealth, clip_gradients, nonfinite_gradient
 from metacontrast.host import tune_glibc_malloc
 from metacontrast.interfaces import BuildContext
 from metacontrast.metrics import MetricsLogger
@@ -406,29 +406,29 @@ def evaluate_baselines(run: Run) -> None:
 
 # -- the loop -------------------------------------------------------------------------
 
-def _loss_is_finite(run: Run, terms: LossTerms) -> bool:
-    """Agree across ranks whether this micro-batch's loss is finite. Policy ``halt`` raises
-    (on every rank, naming the term where it is known); ``skip`` returns ``False``."""
-    bad = nonfinite_term(terms)
-    if not distributed.any_rank(bad is not None, run.device):
-        return True
-    if run.cfg.trainer.nonfinite == "halt":
-        what = (f"loss term {bad!r} is {terms.terms[bad].item()}" if bad
-                else "a loss term is non-finite on another rank")
-        raise TrainingError(f"step {run.position.step}: {what}; stopping before the optimizer "
-                            f"touches the weights")
-    return False
+def _read_step_flags(run: Run, health: StepHealth) -> tuple[bool, bool]:
+    """The step's one read of the device: whether any rank saw a non-finite loss term,
+    and whether the (rank-averaged) gradients are non-finite."""
+    flags = distributed.max_over_ranks_tensor(health.flags()) if run.world.distributed else health.flags()
+    loss_bad, grad_bad = flags.tolist()
+    return bool(loss_bad), bool(grad_bad)
 
 
-def _gradients_are_finite(run: Run) -> bool:
-    """After backward (gradients already averaged over ranks, so every rank agrees)."""
-    bad = nonfinite_gradient(run.model)
-    if bad is None:
+def _step_is_healthy(run: Run, health: StepHealth, loss_bad: bool, grad_bad: bool) -> bool:
+    """Policy ``halt`` raises (on every rank, naming the loss term or the parameter where it
+    is known, loss first) before the optimizer touches the weights; ``skip`` returns
+    ``False``. Gradients are averaged over ranks, so every rank agrees on them."""
+    if not (loss_bad or grad_bad):
         return True
-    if run.cfg.trainer.nonfinite == "halt":
-        raise TrainingError(f"step {run.position.step}: the gradient of {bad!r} is not finite; stopping "
-                            f"before the optimizer touches the weights")
-    return False
+    if run.cfg.trainer.nonfinite != "halt":
+        return False
+    if loss_bad:
+        what = health.describe_bad_term() or "a loss term is non-finite on another rank"
+    else:
+        param = nonfinite_gradient(run.model)
+        what = f"the gradient of {param!r} is not finite" if param else "a gradient is not finite"
+    raise TrainingError(f"step {run.position.step}: {what}; stopping before the optimizer "
+                        f"touches the weights")
 
 
 def _skip_step(run: Run) -> None:
@@ -470,15 +470,15 @@ def _optimizer_step(run: Run) -> None:
 def _metrics_row(run: Run, terms: LossTerms, images: int, seconds: float) -> dict[str, Any]:
     """The logged row: loss terms averaged over ranks, lr, throughput, skipped steps."""
     pos = run.position
+    names = ["loss", *(f"loss/{name}" for name in terms.terms)]
+    values = torch.stack([terms.total.detach().float(), *(v.detach().float() for v in terms.terms.values())])
     row: dict[str, Any] = {
         "step": pos.step, "epoch": pos.epoch,
-        "loss": distributed.all_reduce_mean(terms.total.detach()).item(),
+        **dict(zip(names, distributed.all_reduce_mean(values).tolist(), strict=True)),
         "lr": run.optimizer.param_groups[0]["lr"],
         "images_per_s": images * run.world.world_size / max(seconds, 1e-9),
         "skipped_steps": pos.skipped,
     }
-    for name, value in terms.terms.items():
-        row[f"loss/{name}"] = distributed.all_reduce_mean(value.detach()).item()
     return row
 
 
@@ -548,7 +548,7 @@ def _agree_on_bad_files(run: Run) -> None:
         return
     shared = run.shared_bad_files
     new = {i: p for i, p in bad.found.items() if i not in shared}
-    if distributed.any_rank(bool(new), run.device):
+    if distributed.any_rank(bool(new)):
         for found in distributed.all_gather_object(new):
             shared.update(found)  # type: ignore[arg-type]
         bad.merge(shared)
@@ -556,8 +556,9 @@ def _agree_on_bad_files(run: Run) -> None:
 
 def _stop_if_requested(run: Run, stop: StopSignals) -> None:
     """At a step boundary: when any rank got a stop signal, every rank checkpoints here
-    and raises ``StopRequested`` (the same step everywhere: the flag is agreed on)."""
-    signum = distributed.max_over_ranks(stop.requested or 0, run.device)
+    and raises ``StopRequested`` (the same step everywhere: the flag is agreed on through
+    the host-side control group, without waiting for the device)."""
+    signum = distributed.max_over_ranks(stop.requested or 0)
     if not signum:
         return
     if run.last_saved_step != run.position.step:
@@ -578,7 +579,7 @@ def train_steps(run: Run, logger: MetricsLogger, stop: StopSignals | None = None
     last_log, images_since_log = time.perf_counter(), 0
     pos = run.position
     batches_per_epoch = (run.sampler.steps_per_epoch // accumulate) * accumulate
-    step_ok = True
+    health = StepHealth(run.device)
     while pos.step < run.total_steps:
         terms: LossTerms | None = None
         for batch_index, batch in _epoch_batches(run, batches_per_epoch):
@@ -587,23 +588,22 @@ def train_steps(run: Run, logger: MetricsLogger, stop: StopSignals | None = None
             with contextlib.nullcontext() if last_micro or no_sync is None else no_sync():
                 terms = step_fn(batch, StepInputs(generator=run.generator, step=pos.step,
                                                   model=run.wrapped, autocast=run.autocast))
-                if _loss_is_finite(run, terms):
-                    _backward(run, terms.total / accumulate)
-                else:
-                    step_ok = False
+                health.add_loss(terms)
+                _backward(run, terms.total / accumulate)
             images_since_log += batch.size
             if not last_micro:
                 continue
-            # the scaler (fp16) skips steps with inf/NaN gradients itself
-            step_ok = step_ok and (run.scaler is not None or _gradients_are_finite(run))
-            if step_ok:
+            if run.scaler is None:  # the scaler (fp16) skips steps with inf/NaN gradients itself
+                health.add_gradients(run.model)
+            loss_bad, grad_bad = _read_step_flags(run, health)
+            if _step_is_healthy(run, health, loss_bad, grad_bad):
                 _optimizer_step(run)
                 run.model.update_teacher(pos.step, run.total_steps)
                 step_fn.on_optimizer_step()
                 pos.consecutive_skips = 0
             else:
                 _skip_step(run)
-            step_ok = True
+            health = StepHealth(run.device)
             pos.step += 1
             pos.batch = batch_index + 1
             run.plugins.hooks.hook.metacontrast_on_step_end(
