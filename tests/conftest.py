@@ -11,9 +11,13 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 PREPARED = Path(os.environ.get("METACONTRAST_TEST_DATA", REPO / ".cache" / "data"))
 
+# Where the runs of the tests train: the CPU, or the GPU where one is lent
+# (METACONTRAST_TEST_DEVICE=cuda runs every config's two steps there, checking placement).
+TEST_DEVICE = os.environ.get("METACONTRAST_TEST_DEVICE", "cpu")
+
 # The smallest honest run: digits, Conv-4, 2 steps of 16 images on the CPU, quick eval.
 TINY = [
-    "experiment=digits_simclr", "trainer=debug", "trainer.resume=never",
+    "experiment=digits_simclr", "trainer=debug", f"trainer.device={TEST_DEVICE}", "trainer.resume=never",
     "eval.knn.k=5", "eval.linear.max_iter=5", "evaluation.train_subset=200",
     "data.test_subset=100", "trainer.batch_size=16", "trainer.max_steps=2", "trainer.epochs=1",
 ]

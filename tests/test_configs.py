@@ -15,7 +15,7 @@ from metacontrast.config import ConfigError, compose_config, config_dir
 from metacontrast.data import DatasetError
 from metacontrast.trainer import fit
 
-from .conftest import TINY
+from .conftest import TEST_DEVICE, TINY
 
 NEEDS_FILES = {"cifar100", "stl10", "mnist", "fashionmnist"}  # torchvision layouts, real files only
 
@@ -153,7 +153,7 @@ def test_config_composes_and_runs_two_steps(group, option, tmp_path):
     cfg = compose_config([*base, *extra, f"trainer.run_dir={run_dir}", "trainer.max_steps=2",
                           "trainer.epochs=1"])
     if group == "trainer":  # the trainer group decides device and length: keep the test short
-        cfg.trainer.max_steps, cfg.trainer.batch_size, cfg.trainer.device = 2, 8, "cpu"
+        cfg.trainer.max_steps, cfg.trainer.batch_size, cfg.trainer.device = 2, 8, TEST_DEVICE
         cfg.trainer.progress = cfg.trainer.tensorboard = False
     results = fit(cfg)
     assert results["steps"] == 2
