@@ -51,14 +51,21 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def record(section: str, body: str, doc: Path = DOCS) -> None:
     """Replace the section between ``<!-- section:begin -->`` and ``<!-- section:end -->``
-    in ``doc`` (docs/benchmarks.md by default; appended when absent)."""
+    in ``doc`` (docs/benchmarks.md by default). A new section goes at the end of the
+    ``## GPU`` part when its name says ``cuda``, else at the end of the ``## CPU`` part."""
     begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n\n## CPU\n\n## GPU\n"
     block = f"{begin}\n{body.strip()}\n{end}"
     if begin in text:
         text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
-        text = text.rstrip() + "\n\n" + block + "\n"
+        part = "\n## GPU\n" if "cuda" in section else "\n## CPU\n"
+        start = text.find(part)
+        following = text.find("\n## ", start + len(part)) if start >= 0 else -1
+        if following < 0:
+            text = text.rstrip() + "\n\n" + block + "\n"
+        else:
+            text = text[:following].rstrip() + "\n\n" + block + "\n" + text[following:]
     doc.write_text(text)
 
 

@@ -17,10 +17,12 @@ def ridge_weights(x: Tensor, y: Tensor, lam: float, space: str = "auto") -> Tens
     if space == "auto":
         space = "dual" if s <= d else "primal"
     xt = x.transpose(1, 2)
+    # cholesky_ex: lam > 0 makes the Gram matrices positive definite; not checking saves a
+    # host read of the status on accelerators (a failure would show as non-finite loss)
     if space == "dual":
         gram = x @ xt + lam * torch.eye(s, device=x.device, dtype=x.dtype)
-        return xt @ torch.cholesky_solve(y, torch.linalg.cholesky(gram))
+        return xt @ torch.cholesky_solve(y, torch.linalg.cholesky_ex(gram).L)
     if space == "primal":
         gram = xt @ x + lam * torch.eye(d, device=x.device, dtype=x.dtype)
-        return torch.cholesky_solve(xt @ y, torch.linalg.cholesky(gram))
+        return torch.cholesky_solve(xt @ y, torch.linalg.cholesky_ex(gram).L)
     raise ValueError(f"space must be auto, primal or dual, got {space!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -16,11 +17,19 @@ def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Te
     x = images.float()
     if images.dtype == torch.uint8:
         x = x / 255.0
-    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    if m.shape[1] != x.shape[1]:
-        raise ValueError(f"normalize: {x.shape[1]} channels but {m.shape[1]} means")
+    if len(mean) != x.shape[1] or len(std) != x.shape[1]:
+        raise ValueError(f"normalize: {x.shape[1]} channels but {len(mean)} means and {len(std)} stds")
+    m, s = _channel_constants(tuple(map(float, mean)), tuple(map(float, std)), x.device, x.dtype)
     return (x - m) / s
+
+
+@functools.lru_cache(maxsize=32)
+def _channel_constants(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
+                       dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(1, C, 1, 1)`` mean and std, made once per device (not copied from the host per call)."""
+    with torch.inference_mode(False):  # usable by autograd even when first made during evaluation
+        return (torch.tensor(mean, dtype=dtype, device=device).view(1, -1, 1, 1),
+                torch.tensor(std, dtype=dtype, device=device).view(1, -1, 1, 1))
 
 
 def sample_resized_crops(n: int, height: int, width: int, *, scale: Sequence[float],

@@ -112,15 +112,16 @@ class SimCLRViews(ViewGenerator):
         size = size or self.size
         x = images.float().div_(255.0)
         x = ops.crop_resize_flip(x, p["crop"][v], p["flip"][v], size)
-        sel = p["jitter"][v].nonzero().squeeze(1)
-        if sel.numel():
-            x[sel] = ops.color_jitter(x[sel], p["jitter_factors"][v, sel], p["jitter_order"][v, sel])
+        if self.config.jitter_p > 0:
+            x = ops.where_rows(p["jitter"][v], ops.color_jitter, x, p["jitter_factors"][v],
+                               p["jitter_order"][v])
         if x.shape[1] == 3:
             gray = p["grayscale"][v].view(-1, 1, 1, 1)
             x = torch.where(gray, ops.grayscale(x).expand_as(x), x)
-        sel = p["blur"][v].nonzero().squeeze(1)
-        if sel.numel() and self.config.blur_p > 0:
-            x[sel] = ops.gaussian_blur(x[sel], p["blur_sigma"][v, sel], self.kernel_for(size))
+        if self.config.blur_p > 0:
+            kernel = self.kernel_for(size)
+            x = ops.where_rows(p["blur"][v], lambda rows, sigma: ops.gaussian_blur(rows, sigma, kernel),
+                               x, p["blur_sigma"][v])
         if self.config.solarize_p > 0:
             flag = p["solarize"][v].view(-1, 1, 1, 1)
             x = torch.where(flag, ops.solarize(x, self.config.solarize_threshold), x)

@@ -43,8 +43,8 @@ RANGES: dict[str, tuple[float, float]] = {
 def magnitudes(op: Tensor, u: Tensor) -> Tensor:
     """Map uniform draws ``u`` in [0, 1) to each operation's range; ``op`` holds op codes
     (same shape). Posterize's bits are the integers 4..8, each equally likely."""
-    low = torch.tensor([RANGES[name][0] for name in OPS], device=u.device)[op]
-    high = torch.tensor([RANGES[name][1] for name in OPS], device=u.device)[op]
+    low = ops.constant(tuple(RANGES[name][0] for name in OPS), u.device, u.dtype)[op]
+    high = ops.constant(tuple(RANGES[name][1] for name in OPS), u.device, u.dtype)[op]
     bits = torch.floor(4 + 5 * u).clamp(max=8)
     return torch.where(op == OPS.index("posterize"), bits, low + (high - low) * u)
 
@@ -54,29 +54,27 @@ def magnitudes(op: Tensor, u: Tensor) -> Tensor:
 def affine_matrices(op: Tensor, m: Tensor, height: int, width: int) -> Tensor:
     """``(B, 2, 3)`` forward maps (source pixel -> output pixel) of geometric op codes
     ``op (B,)`` with magnitudes ``m (B,)``; identity for other codes."""
-    b, dev = op.shape[0], m.device
     cx, cy = (width - 1) / 2, (height - 1) / 2
-    mat = torch.zeros(b, 2, 3, device=dev)
-    mat[:, 0, 0] = mat[:, 1, 1] = 1
+    one, zero = torch.ones_like(m), torch.zeros_like(m)
     shear_x, shear_y = op == 0, op == 1
-    mat[:, 0, 1] = torch.where(shear_x, m, 0.0)  # x' = x + m (y - cy)
-    mat[:, 0, 2] = torch.where(shear_x, -m * cy, 0.0)
-    mat[:, 1, 0] = torch.where(shear_y, m, 0.0)  # y' = y + m (x - cx)
-    mat[:, 1, 2] = torch.where(shear_y, -m * cx, 0.0)
-    mat[:, 0, 2] += torch.where(op == 2, m * width, 0.0)
-    mat[:, 1, 2] += torch.where(op == 3, m * height, 0.0)
+    shift_x = torch.where(shear_x, -m * cy, zero) + torch.where(op == 2, m * width, zero)
+    shift_y = torch.where(shear_y, -m * cx, zero) + torch.where(op == 3, m * height, zero)
+    mat = torch.stack([torch.stack([one, torch.where(shear_x, m, zero), shift_x], -1),  # x' = x + m (y - cy)
+                       torch.stack([torch.where(shear_y, m, zero), one, shift_y], -1)],  # y' = y + m (x - cx)
+                      dim=1)
+    # m degrees counter-clockwise on screen (y down) about the centre, as torchvision:
+    # the forward map x' = cx + c (x - cx) - s (y - cy), y' = cy + s (x - cx) + c (y - cy)
     rot = op == 4
-    if bool(rot.any()):
-        centre = torch.tensor([[cx, cy]], device=dev).expand(b, 2)
-        # kornia's positive angle turns clockwise on screen (y down): negate for torchvision's sense
-        rotation = kornia.geometry.transform.get_rotation_matrix2d(centre, -m, torch.ones(b, 2, device=dev))
-        mat = torch.where(rot.view(-1, 1, 1), rotation, mat)
-    return mat
+    theta = torch.deg2rad(m)
+    c, s = theta.cos(), theta.sin()
+    rotation = torch.stack([torch.stack([c, -s, cx - c * cx + s * cy], -1),
+                            torch.stack([s, c, cy - s * cx - c * cy], -1)], dim=1)
+    return torch.where(rot.view(-1, 1, 1), rotation, mat)
 
 
 def warp(x: Tensor, matrices: Tensor, fill: float) -> Tensor:
     """Bilinear affine warp, uncovered pixels set to ``fill``."""
-    fill_value = torch.full((x.shape[1],), fill, device=x.device, dtype=x.dtype)
+    fill_value = ops.constant((fill,) * x.shape[1], x.device, x.dtype)
     return kornia.geometry.transform.warp_affine(x, matrices.to(x.dtype), (x.shape[2], x.shape[3]),
                                                  mode="bilinear", padding_mode="fill", fill_value=fill_value)
 
@@ -150,14 +148,15 @@ def brightness(x: Tensor, factor: Tensor) -> Tensor:
     return ops.brightness(x, factor.to(x.dtype))
 
 
-SMOOTH = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13
+SMOOTH = (1 / 13, 1 / 13, 1 / 13, 1 / 13, 5 / 13, 1 / 13, 1 / 13, 1 / 13, 1 / 13)
+"""PIL's smoothing kernel, row by row."""
 
 
 def sharpness(x: Tensor, factor: Tensor) -> Tensor:
     """Blend with PIL's smoothed image (3x3 kernel [[1,1,1],[1,5,1],[1,1,1]] / 13 inside,
     border pixels unchanged): factor < 1 blurs, > 1 sharpens."""
     c = x.shape[1]
-    kernel = SMOOTH.to(x.device, x.dtype).expand(c, 1, 3, 3)
+    kernel = ops.constant(SMOOTH, x.device, x.dtype).view(1, 1, 3, 3).expand(c, 1, 3, 3)
     smooth = x.clone()
     smooth[:, :, 1:-1, 1:-1] = F.conv2d(x, kernel, groups=c)
     f = factor.to(x.dtype).view(-1, 1, 1, 1)
@@ -181,16 +180,14 @@ def strong_augment(x: Tensor, op: Tensor, apply: Tensor, m: Tensor, fill: float 
     """Rounds of random operations: in round ``r`` image ``b`` gets operation
     ``op[b, r]`` with magnitude ``m[b, r]`` when ``apply[b, r]``. ``x (B, C, H, W)``;
     ``op``, ``apply``, ``m`` ``(B, R)``. Each round runs every operation once, on the
-    images that drew it; geometric ones share one warp."""
-    out = x.clone()
+    images that drew it (``ops.where_rows``); geometric ones share one warp."""
+    out = x
+    height, width = x.shape[2], x.shape[3]
     for r in range(op.shape[1]):
         code = torch.where(apply[:, r], op[:, r], torch.full_like(op[:, r], -1))
-        geometric = ((code >= 0) & (code < len(GEOMETRIC))).nonzero().squeeze(1)
-        if geometric.numel():
-            mats = affine_matrices(code[geometric], m[geometric, r], x.shape[2], x.shape[3])
-            out[geometric] = warp(out[geometric], mats, fill)
-        for offset, name in enumerate(PHOTOMETRIC):
-            sel = (code == len(GEOMETRIC) + offset).nonzero().squeeze(1)
-            if sel.numel():
-                out[sel] = PHOTOMETRIC_OPS[name](out[sel], m[sel, r])
+        out = ops.where_rows((code >= 0) & (code < len(GEOMETRIC)),
+                             lambda rows, c, mag: warp(rows, affine_matrices(c, mag, height, width), fill),
+                             out, code, m[:, r])
+        for offset, name in enumerate(PHOTOMETRIC):  # disjoint rows: each reads the last round's
+            out = ops.where_rows(code == len(GEOMETRIC) + offset, PHOTOMETRIC_OPS[name], out, m[:, r])
     return out

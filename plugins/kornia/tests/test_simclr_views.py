@@ -70,7 +70,7 @@ def reference_view(img_u8, p, v, b, gen: SimCLRViews):
 
 
 @pytest.mark.parametrize("channels", [3, 1])
-def test_every_view_matches_the_per_image_reference(channels):
+def test_every_view_matches_the_per_image_reference(channels, row_selection):
     cfg = SimCLRViewsConfig(n_views=2, size=12, crop_scale=[0.2, 1.0], jitter_p=0.9, grayscale_p=0.5,
                             blur_p=0.5, solarize_p=0.5, strength=1.0)
     gen = SimCLRViews(cfg, _context(channels))
@@ -168,3 +168,24 @@ def test_bad_config_names_the_key():
         SimCLRViewsConfig(crop_scale=[0.9, 0.1])
     with pytest.raises(ValueError, match="views.flip_p"):
         SimCLRViewsConfig(flip_p=1.5)
+
+
+def test_where_rows_computes_only_the_chosen_rows_or_masks_all_of_them_with_the_same_result():
+    x = torch.arange(24.0).view(4, 6)
+    mask = torch.tensor([True, False, True, False])
+    seen: dict[str, int] = {}
+
+    def double(rows: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+        seen[mode] = rows.shape[0]
+        return rows * factor.view(-1, 1)
+
+    factor = torch.tensor([2.0, 3.0, 4.0, 5.0])
+    expected = torch.stack([x[0] * 2, x[1], x[2] * 4, x[3]])
+    for mode in ("subset", "mask"):
+        with ops.selection(mode):
+            assert torch.equal(ops.where_rows(mask, double, x, factor), expected)
+    assert seen == {"subset": 2, "mask": 4}
+    with ops.selection("subset"):
+        assert ops.where_rows(torch.zeros(4, dtype=torch.bool), double, x, factor) is x
+    with pytest.raises(ValueError, match="selection mode"), ops.selection("gather"):
+        pass

@@ -119,7 +119,7 @@ def test_magnitudes_cover_table_1():
             assert values.min() < low + 0.05 * (high - low) and values.max() > high - 0.05 * (high - low)
 
 
-def test_strong_augment_equals_a_per_image_loop_over_rounds():
+def test_strong_augment_equals_a_per_image_loop_over_rounds(row_selection):
     g = torch.Generator().manual_seed(3)
     x = _u8(b=12).float() / 255
     op = torch.randint(14, (12, 5), generator=g)
@@ -140,7 +140,7 @@ def _generator(**settings):
     return WeakStrongViews(component_config(WeakStrongViews, "views", settings), ctx)
 
 
-def test_weak_strong_views_replay_from_their_parameters():
+def test_weak_strong_views_replay_from_their_parameters(row_selection):
     gen = _generator(strong_sizes=[16, 12, 8], weak={"blur_p": 0.5})
     batch = Batch(images=_u8(b=6), index=torch.arange(6))
     views = gen(batch, torch.Generator().manual_seed(0))

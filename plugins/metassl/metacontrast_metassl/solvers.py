@@ -209,7 +209,8 @@ class AllPairsSolver(Solver):
             scores = z @ candidates.reshape(v * g, -1).T / self.config.temperature
             own = torch.arange(b, device=z.device) + episode.rank * b
             self_index = (torch.arange(v, device=z.device)[:, None] * g + own[None, :]).reshape(-1)
-            scores = scores.masked_fill(F.one_hot(self_index, v * g).bool(), torch.finfo(scores.dtype).min)
+            scores = scores.masked_fill(self_index[:, None] == torch.arange(v * g, device=z.device),
+                                       torch.finfo(scores.dtype).min)
             if episode.mix_weight is None and v == 2:  # the single positive: the other view
                 targets = (self_index + g) % (2 * g)
             else:

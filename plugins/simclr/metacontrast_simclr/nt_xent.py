@@ -40,7 +40,7 @@ def nt_xent(z_a: Tensor, z_b: Tensor, temperature: float, *, gather: bool = True
     self_index = torch.cat([local, local + n])
     positive = torch.cat([local + n, local])
     logits = logits.masked_fill(
-        F.one_hot(self_index, 2 * n).bool(), torch.finfo(logits.dtype).min)
+        self_index[:, None] == torch.arange(2 * n, device=za.device), torch.finfo(logits.dtype).min)
     return F.cross_entropy(logits, positive)
 
 
