@@ -72,7 +72,7 @@ def main() -> None:
         "### Evaluation cost as a fraction of a training epoch (SimCLR, ResNet-18, CIFAR-10)",
         "",
         f"Command: `.venv/bin/python benchmarks/eval_cost.py --data-root {args.data_root} --bank {args.bank} "
-        f"--write`",
+        + (f"--test {args.test} " if args.test else "") + "--write`",
         "",
         f"Machine: {machine()}. Epoch: {n_train // b} steps of {b} images x {step_s:.2f} s (best of "
         f"{args.steps} timed steps) = {epoch_s:.0f} s. Evaluation: features of {n_bank} bank and "

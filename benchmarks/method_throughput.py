@@ -14,11 +14,12 @@ the rest is views, head, solver, losses, guards, optimizer, teacher update and m
 
 Memory: on CUDA, ``resident`` is what the method holds between steps (weights, optimizer
 state, teacher, queue or bank) and ``step peak`` the most allocated during a step, from
-the CUDA allocator; on the CPU each method runs in a fresh process (``--memory-of``) and
-the peak resident set size over build and two steps is reported, minus the process's
-size after imports. Run:
+the CUDA allocator, in the same table. On the CPU, ``--memory`` runs each method in a
+fresh process and reports its peak resident set size over build and two steps, minus the
+process's size after imports, in a table of its own. Run:
 
     .venv/bin/python benchmarks/method_throughput.py --data-root .cache/data --write
+    .venv/bin/python benchmarks/method_throughput.py --data-root .cache/data --memory --write
 """
 
 from __future__ import annotations
@@ -133,7 +134,13 @@ def describe_calls(calls: list[tuple[nn.Module, torch.Size, torch.dtype, bool]],
 
 
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident set size (``VmHWM``). Not ``ru_maxrss``: that
+    survives ``exec`` and would report the parent's peak in a fresh subprocess."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def current_rss_mib() -> float:
@@ -162,6 +169,31 @@ def cpu_memory(args: argparse.Namespace, names: list[str]) -> dict[str, dict[str
     return out
 
 
+def label_of(args: argparse.Namespace, name: str) -> str:
+    return f"{name} (split AlexNet, batch {min(args.batch, 64)})" if name in METAUG else name
+
+
+def cpu_memory_table(args: argparse.Namespace, names: list[str]) -> None:
+    memory = cpu_memory(args, names)
+    rows = [[label_of(args, n), f"{memory[n]['peak_mib']:.0f}"] for n in names]
+    body = "\n".join([
+        "### Peak memory of every method's step (CPU)",
+        "",
+        f"Command: `.venv/bin/python benchmarks/method_throughput.py --data-root {args.data_root} "
+        f"--memory-batch {args.memory_batch} --memory --write`",
+        "",
+        f"Machine: {machine()}. Each method in a fresh process: peak resident set size (`VmHWM`) over "
+        f"building the run and two train steps at batch {args.memory_batch}, minus the process's size "
+        "after its imports. It includes the training images held in memory (the first "
+        f"{max(2 * args.memory_batch, 512)} of CIFAR-10) and the allocator's cached buffers.",
+        "",
+        markdown_table(["method", f"peak RSS MiB at batch {args.memory_batch}"], rows),
+    ])
+    print(body)
+    if args.write:
+        record("method_memory_cpu", body)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-root", default=".cache/data")
@@ -172,7 +204,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best is kept")
     p.add_argument("--methods", default=",".join([*METHODS, *METAUG]),
                    help="comma-separated; NAME+compile measures NAME with trainer.compile=true")
-    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--memory", action="store_true",
+                   help="CPU: measure each method's peak memory in a fresh process instead of timing")
     p.add_argument("--memory-of", help=argparse.SUPPRESS)
     p.add_argument("--write", action="store_true")
     args = p.parse_args()
@@ -181,6 +214,9 @@ def main() -> None:
         return
     names = args.methods.split(",")
     cuda = trainer.resolve_device(args.device).type == "cuda"
+    if args.memory and not cuda:
+        cpu_memory_table(args, names)
+        return
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     fns: dict[str, Any] = {}
     info: dict[str, dict[str, Any]] = {}
@@ -204,21 +240,19 @@ def main() -> None:
         fns[f"{name}/ceiling"] = lambda passes=passes: (passes(), sync())
         gc.collect()
     best = best_of_rounds(fns, args.steps, args.rounds)
-    memory = {} if cuda or args.no_memory else cpu_memory(args, names)
     rows = []
     simclr = best.get("simclr")
     for name in names:
         t, c = best[name], best[f"{name}/ceiling"]
-        mem = info[name] if cuda else memory.get(name, {})
-        mem_text = (f"{mem['resident_mib']:.0f} / {mem['peak_mib']:.0f}" if "resident_mib" in mem
-                    else (f"{mem['peak_mib']:.0f}" if mem else "-"))
-        label = f"{name} (split AlexNet, batch {min(args.batch, 64)})" if name in METAUG else name
-        rows.append([label, info[name]["calls"], f"{1000 * t:.0f}", f"{info[name]['views'] / t:.0f}",
-                     f"{1000 * c:.0f}", f"{c / t:.2f}", f"{t / simclr:.2f}" if simclr else "-", mem_text])
-    mem_header = ("memory MiB: resident / step peak (CUDA allocator)" if cuda
-                  else f"peak RSS MiB at batch {args.memory_batch} (fresh process)")
+        rows.append([label_of(args, name), info[name]["calls"], f"{1000 * t:.0f}",
+                     f"{info[name]['views'] / t:.0f}", f"{1000 * c:.0f}", f"{c / t:.2f}",
+                     f"{t / simclr:.2f}" if simclr else "-"])
+        if cuda:
+            rows[-1].append(f"{info[name]['resident_mib']:.0f} / {info[name]['peak_mib']:.0f}")
     header = ["method", "encoder passes per step (images x size)", "full step (ms)",
-              "online view-img/s", "bare passes (ms)", "ceiling / step", "step / SimCLR step", mem_header]
+              "online view-img/s", "bare passes (ms)", "ceiling / step", "step / SimCLR step"]
+    if cuda:
+        header.append("memory MiB: resident / step peak (CUDA allocator)")
     precision = info[names[0]]["precision"]
     body = "\n".join([
         f"### Every method's step vs its bare network passes ({'CUDA' if cuda else 'CPU'})",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import torch
 import torch.nn.functional as F
@@ -59,6 +61,11 @@ class MemoryBank(Memory):
             raise ValueError("size: the dataset size is unknown here; set memory.size")
         self.register_buffer("bank", F.normalize(torch.randn(size, config.dim(context)), dim=1))
         self.register_buffer("reads", torch.zeros((), dtype=torch.long))
+        self._reads_on_host: int | None = None  # mirror of ``reads``: read from the device once
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self._reads_on_host = None  # ``reads`` is replaced: read it again when next needed
+        super()._load_from_state_dict(*args, **kwargs)
 
     def read(self) -> Tensor:
         """The whole bank ``(N, D)``, or ``read_size`` entries drawn for this read
@@ -66,10 +73,13 @@ class MemoryBank(Memory):
         n = self.config.read_size
         if n == 0:
             return self.bank
-        stream = torch.Generator().manual_seed(self.config.read_seed * 1_000_003 + int(self.reads))
+        if self._reads_on_host is None:
+            self._reads_on_host = int(self.reads)
+        stream = torch.Generator(device=self.bank.device).manual_seed(self.config.read_seed * 1_000_003 + self._reads_on_host)
+        self._reads_on_host += 1
         self.reads += 1
-        idx = torch.randint(self.bank.shape[0], (n,), generator=stream)
-        return self.bank[idx.to(self.bank.device)]
+        idx = torch.randint(self.bank.shape[0], (n,), generator=stream, device=self.bank.device)
+        return self.bank[idx]
 
     @torch.no_grad()
     def update(self, keys: Tensor, ids: Tensor) -> None:

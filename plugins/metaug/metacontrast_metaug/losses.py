@@ -154,6 +154,6 @@ class MetAugLoss(OUCLLoss):
         """``R_sigma`` (eq. 5) with margins (eq. 4 / A.2) from the batch's original pairs."""
         parts, ids = self.features(embeddings, episode)
         original = pair_sims(parts, ids, parts, ids, self.config.similarity, same_features=True)
-        m = margins(original.sims[original.pos], original.sims[original.neg], self.config.margin)
+        m = margins(original.sims, original.sims, self.config.margin, original.pos, original.neg)
         augmented = self.augmented_pairs(parts, ids)
-        return margin_regularization(augmented.sims[augmented.pos], augmented.sims[augmented.neg], m)
+        return margin_regularization(augmented.sims, augmented.sims, m, augmented.pos, augmented.neg)

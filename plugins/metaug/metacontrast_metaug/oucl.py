@@ -91,16 +91,29 @@ class Margins:
     sigma_neg: Tensor
 
 
-def margins(pos: Tensor, neg: Tensor, kind: str = "large") -> Margins:
+def margins(pos: Tensor, neg: Tensor, kind: str = "large", pos_mask: Tensor | None = None,
+            neg_mask: Tensor | None = None) -> Margins:
     """Margins from the original features' similarities: ``pos (K+,)`` positives,
     ``neg (K-,)`` negatives. With ``min+ = min pos`` and ``max- = max neg``: large (eq. 4)
     ``sigma+ = min(min+, max-)``, ``sigma- = max(min+, max-)``; medium: both their mean;
-    small: ``sigma+ = max(...)``, ``sigma- = min(...)``."""
+    small: ``sigma+ = max(...)``, ``sigma- = min(...)``.
+
+    With masks, ``pos`` and ``neg`` are similarity matrices and the entries where
+    ``pos_mask``/``neg_mask`` hold count: the same margins without gathering the entries
+    (a boolean index would make the host wait for the device). An empty mask then gives
+    infinite margins, which the trainer's non-finite check reports."""
     if kind not in MARGINS:
         raise ValueError(f"margin: unknown margin {kind!r}; available: {', '.join(MARGINS)}")
+    if pos_mask is not None and neg_mask is not None:
+        min_pos = pos.masked_fill(~pos_mask, float("inf")).amin()
+        max_neg = neg.masked_fill(~neg_mask, float("-inf")).amax()
+        return _margins(min_pos, max_neg, kind)
     if pos.numel() == 0 or neg.numel() == 0:
         raise ValueError(f"margins need positives and negatives, got {pos.numel()} and {neg.numel()}")
-    min_pos, max_neg = pos.min(), neg.max()
+    return _margins(pos.min(), neg.max(), kind)
+
+
+def _margins(min_pos: Tensor, max_neg: Tensor, kind: str) -> Margins:
     low, high = torch.minimum(min_pos, max_neg), torch.maximum(min_pos, max_neg)
     if kind == "large":
         return Margins(low, high)
@@ -110,8 +123,14 @@ def margins(pos: Tensor, neg: Tensor, kind: str = "large") -> Margins:
     return Margins(high, low)
 
 
-def margin_regularization(aug_pos: Tensor, aug_neg: Tensor, m: Margins) -> Tensor:
+def margin_regularization(aug_pos: Tensor, aug_neg: Tensor, m: Margins, pos_mask: Tensor | None = None,
+                          neg_mask: Tensor | None = None) -> Tensor:
     """``R_sigma`` (eq. 5): mean of ``[d(z^+) - sigma+]_+`` over positives that pair an
     original with an augmented feature ``aug_pos (K^+,)``, plus the mean of
-    ``[sigma- - d(z^-)]_+`` over such negatives ``aug_neg (K^-,)``. 0-dim."""
+    ``[sigma- - d(z^-)]_+`` over such negatives ``aug_neg (K^-,)``. 0-dim. With masks, the
+    means run over the entries of the matrices ``aug_pos``/``aug_neg`` the masks select."""
+    if pos_mask is not None and neg_mask is not None:
+        above = (aug_pos - m.sigma_pos).clamp_min(0) * pos_mask
+        below = (m.sigma_neg - aug_neg).clamp_min(0) * neg_mask
+        return above.sum() / pos_mask.sum() + below.sum() / neg_mask.sum()
     return (aug_pos - m.sigma_pos).clamp_min(0).mean() + (m.sigma_neg - aug_neg).clamp_min(0).mean()

@@ -131,6 +131,22 @@ def test_margin_regularization_is_equation_5():
     assert margin_regularization(aug_pos, aug_neg, m).item() == pytest.approx(literal, rel=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["large", "medium", "small"])
+def test_masked_margins_and_regularization_equal_the_gathered_entries(kind):
+    g = torch.Generator().manual_seed(11)
+    original = (torch.rand(6, 8, generator=g) * 2 - 1).requires_grad_()
+    augmented = (torch.rand(6, 8, generator=g) * 2 - 1).requires_grad_()
+    pos = torch.rand(6, 8, generator=g) < 0.3
+    neg = ~pos & (torch.rand(6, 8, generator=g) < 0.8)
+    gathered = margin_regularization(augmented[pos], augmented[neg], margins(original[pos], original[neg], kind))
+    masked = margin_regularization(augmented, augmented, margins(original, original, kind, pos, neg), pos, neg)
+    torch.testing.assert_close(masked, gathered)
+    grads_gathered = torch.autograd.grad(gathered, [original, augmented])
+    grads_masked = torch.autograd.grad(masked, [original, augmented])
+    for a, b in zip(grads_masked, grads_gathered, strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match="form: unknown OUCL form 'circle'"):
         OUCLConfig(form="circle")
