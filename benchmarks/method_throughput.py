@@ -57,6 +57,9 @@ RESNET_BASE = ["experiment=cifar10_simclr_resnet18"]
 METAUG = {"metaug": ["experiment=metaug_cifar10/metaug"]}
 
 
+DEFAULT_METHODS = ",".join([*METHODS, *METAUG])
+
+
 def overrides(args: argparse.Namespace, name: str) -> list[str]:
     """``name`` is a method of METHODS or METAUG; ``NAME+compile`` adds ``trainer.compile=true``."""
     if name.endswith("+compile"):
@@ -202,7 +205,7 @@ def main() -> None:
     p.add_argument("--memory-batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=1, help="steps per timing")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best is kept")
-    p.add_argument("--methods", default=",".join([*METHODS, *METAUG]),
+    p.add_argument("--methods", default=DEFAULT_METHODS,
                    help="comma-separated; NAME+compile measures NAME with trainer.compile=true")
     p.add_argument("--memory", action="store_true",
                    help="CPU: measure each method's peak memory in a fresh process instead of timing")
@@ -254,11 +257,15 @@ def main() -> None:
     if cuda:
         header.append("memory MiB: resident / step peak (CUDA allocator)")
     precision = info[names[0]]["precision"]
+    compiled = any(n.endswith("+compile") for n in names)
+    title = ("The encoder compiled (`trainer.compile=true`) against eager" if compiled
+             else "Every method's step vs its bare network passes")
     body = "\n".join([
-        f"### Every method's step vs its bare network passes ({'CUDA' if cuda else 'CPU'})",
+        f"### {title} ({'CUDA' if cuda else 'CPU'})",
         "",
         f"Command: `.venv/bin/python benchmarks/method_throughput.py --data-root {args.data_root} "
-        f"--batch {args.batch} --device {args.device} --write`",
+        f"--batch {args.batch} --device {args.device}"
+        + ("" if args.methods == DEFAULT_METHODS else f" --methods {args.methods}") + " --write`",
         "",
         f"Machine: {machine()}. ResNet-18 (CIFAR stem) at batch {args.batch} unless named, "
         f"precision {precision}, channels_last, best of {args.rounds} interleaved rounds of "
@@ -274,8 +281,9 @@ def main() -> None:
         "(second order), which no forward+backward ceiling contains.",
     ])
     print(body)
-    if args.write:
-        record(f"method_throughput_{'cuda' if cuda else 'cpu'}", body)
+    if args.write:  # a run with compiled variants is recorded apart from the full table
+        kind = "compile_effect" if any(n.endswith("+compile") for n in names) else "method_throughput"
+        record(f"{kind}_{'cuda' if cuda else 'cpu'}", body)
 
 
 if __name__ == "__main__":

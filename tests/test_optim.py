@@ -58,3 +58,18 @@ def test_warmup_then_cosine_literal():
         assert math.isclose(warmup_cosine(s, total, warm), expected, rel_tol=1e-12)
     assert warmup_cosine(total, total, warm) == 0.0
     assert warmup_cosine(50, total, 0, schedule="constant") == 1.0
+
+
+def test_torch_optimizers_use_fused_kernels_on_cuda_and_foreach_elsewhere():
+    from omegaconf import OmegaConf
+
+    from metacontrast.optim import build_optimizer, kernel_options
+
+    assert kernel_options(torch.device("cuda", 0)) == {"fused": True}
+    assert kernel_options(torch.device("cpu")) == {"foreach": True}
+    model = nn.Linear(3, 2)
+    for name in ("sgd", "adam", "adamw"):
+        cfg = OmegaConf.create({"name": name, "lr": 0.1, "scale_lr_by_batch": False, "weight_decay": 0.0,
+                                "momentum": 0.9, "betas": [0.9, 0.999], "exclude_bias_and_norm": True})
+        opt = build_optimizer(cfg, model, 256)
+        assert opt.defaults["foreach"] is True and not opt.defaults.get("fused"), name

@@ -88,8 +88,16 @@ def effective_lr(cfg: Any, global_batch: int) -> float:
     return cfg.lr * global_batch / 256 if cfg.scale_lr_by_batch else cfg.lr
 
 
+def kernel_options(device: torch.device) -> dict[str, bool]:
+    """How torch's SGD/Adam/AdamW update the parameters on ``device``: one fused kernel
+    on CUDA (its step counters then stay on the device too), multi-tensor ``foreach``
+    operations elsewhere."""
+    return {"fused": True} if device.type == "cuda" else {"foreach": True}
+
+
 def build_optimizer(cfg: Any, model: nn.Module, global_batch: int) -> torch.optim.Optimizer:
-    """The optimizer ``optim.name`` over ``model``'s parameters."""
+    """The optimizer ``optim.name`` over ``model``'s parameters (LARS: ``LARS``, with
+    ``torch._foreach`` operations; the others: ``kernel_options`` of the parameters' device)."""
     lr = effective_lr(cfg, global_batch)
     groups = param_groups(model, cfg.weight_decay, cfg.exclude_bias_and_norm)
     name = str(cfg.name)
@@ -97,11 +105,13 @@ def build_optimizer(cfg: Any, model: nn.Module, global_batch: int) -> torch.opti
         return LARS(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, eta=cfg.eta)
     for g in groups:
         g.pop("lars_adapt")
+    first = next((p for g in groups for p in g["params"]), None)
+    kernels = kernel_options(first.device if first is not None else torch.device("cpu"))
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, foreach=True)
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, **kernels)
     if name in ("adam", "adamw"):
         cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-        return cls(groups, lr=lr, betas=tuple(cfg.betas), foreach=True)
+        return cls(groups, lr=lr, betas=tuple(cfg.betas), **kernels)
     raise ConfigError(f"optim.name: unknown optimizer {name!r}; available: adam, adamw, lars, sgd")
 
 
