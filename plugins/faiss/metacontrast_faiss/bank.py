@@ -75,7 +75,8 @@ class MemoryBank(Memory):
             return self.bank
         if self._reads_on_host is None:
             self._reads_on_host = int(self.reads)
-        stream = torch.Generator(device=self.bank.device).manual_seed(self.config.read_seed * 1_000_003 + self._reads_on_host)
+        seed = self.config.read_seed * 1_000_003 + self._reads_on_host
+        stream = torch.Generator(device=self.bank.device).manual_seed(seed)
         self._reads_on_host += 1
         self.reads += 1
         idx = torch.randint(self.bank.shape[0], (n,), generator=stream, device=self.bank.device)
