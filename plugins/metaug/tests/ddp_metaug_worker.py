@@ -30,10 +30,11 @@ def main() -> None:
     idx = torch.arange(8) + 8 * rank
     batch = Batch(images=run.data.train_images[idx], index=idx)
     generator_state = run.generator.get_state()
+    memory_state = copy.deepcopy(run.components.memory.state_dict())
 
     def one_step(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         run.generator.set_state(generator_state)
-        run.components.memory.reads.zero_()  # the same memory sample both times
+        run.components.memory.load_state_dict(memory_state)  # the same memory sample both times
         terms = step(batch, StepInputs(generator=run.generator, step=0, model=model, autocast=run.autocast))
         terms.total.backward()
         params = getattr(model, "module", model).named_parameters()
