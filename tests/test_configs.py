@@ -90,6 +90,44 @@ def _imagefolder(root: Path) -> Path:
     return root
 
 
+# options that read table rows run on the bundled wine table instead of the digits
+TABLE_OPTIONS = {("views", "tabular"), ("encoder", "tabular_mlp"), ("encoder", "tabular_transformer"),
+                 ("eval", "few_labels")}
+TABLE_TINY = ["data=tabular/wine", "trainer=debug", f"trainer.device={TEST_DEVICE}", "trainer.resume=never",
+              "trainer.batch_size=16", "eval.knn.k=5", "eval.linear.max_iter=5", "eval.few_labels.steps=2",
+              "eval.few_labels.splits=2", "eval.few_labels.labelled=10"]
+
+
+def _table_file(option: str, tmp_path: Path) -> list[str]:
+    """A small mixed-type table for data=tabular/csv|parquet (text, missing values)."""
+    import pandas as pd
+
+    g = np.random.default_rng(3)
+    frame = pd.DataFrame({"x": g.normal(size=60), "kind": g.choice(["a", "b", None], 60),
+                          "y": g.choice(["yes", "no"], 60)})
+    path = tmp_path / f"table.{option}"
+    frame.to_csv(path, index=False) if option == "csv" else frame.to_parquet(path)
+    return [f"data.root={path}", "data.table.label=y"]
+
+
+def _table_base(group: str, option: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    base = list(TABLE_TINY)
+    if group == "eval":
+        base = [o for o in base if not o.startswith("eval.") or o.startswith(f"eval.{option}.")]
+    if group == "data":
+        base = base[1:]
+        kind = option.split("/", 1)[1]
+        if kind in ("csv", "parquet"):
+            base += _table_file(kind, tmp_path)
+        if kind == "openml":  # no network here: OpenML answers with a bundled table
+            import sklearn.datasets
+
+            wine = sklearn.datasets.load_wine(as_frame=True)
+            monkeypatch.setattr(sklearn.datasets, "fetch_openml", lambda **kw: sklearn.utils.Bunch(
+                frame=wine.frame, target_names=["target"], details={"name": "wine"}))
+    return base
+
+
 def _data_overrides(option: str, tmp_path: Path) -> list[str]:
     if option == "cifar10":
         _synthetic_npz(tmp_path / "data" / "cifar10" / "cifar10.npz")
@@ -113,7 +151,7 @@ def _data_overrides(option: str, tmp_path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize(("group", "option"), _options(), ids=lambda x: str(x))
-def test_config_composes_and_runs_two_steps(group, option, tmp_path):
+def test_config_composes_and_runs_two_steps(group, option, tmp_path, monkeypatch):
     if group == "data" and option in NEEDS_FILES:
         cfg = compose_config([*TINY, f"data={option}", f"trainer.run_dir={tmp_path}"])
         with pytest.raises(DatasetError, match="data.root"):
@@ -123,7 +161,8 @@ def test_config_composes_and_runs_two_steps(group, option, tmp_path):
     if group in ADDED_GROUPS:
         extra = [f"+{group}={option}"]
     extra += NEEDS.get((group, option), [])
-    if group == "data":
+    table = (group, option) in TABLE_OPTIONS or (group == "data" and option.startswith("tabular/"))
+    if group == "data" and not table:
         extra += _data_overrides(option, tmp_path)
     if (group, option) == ("eval", "transfer"):  # a synthetic RGB target for the grey digits
         target = _synthetic_npz(tmp_path / "target.npz")
@@ -149,6 +188,8 @@ def test_config_composes_and_runs_two_steps(group, option, tmp_path):
     own_eval = group == "experiment" and option.startswith(("omniglot", "clsa_table4", "imagenet", "metaug"))  # own evaluators
     base = [o for o in TINY if not (o.startswith("eval.") and (own_eval or (
         group == "eval" and not o.startswith(f"eval.{option}."))))]
+    if table:
+        base = _table_base(group, option, tmp_path, monkeypatch)
     run_dir = tmp_path / "run"
     cfg = compose_config([*base, *extra, f"trainer.run_dir={run_dir}", "trainer.max_steps=2",
                           "trainer.epochs=1"])

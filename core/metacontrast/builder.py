@@ -76,6 +76,10 @@ def build_one(plugins: PluginManager, kind: str, key: str, params: dict[str, Any
     params = dict(params)
     name = params.pop("name")
     cls = plugins.get(kind, str(name), key=f"{key}.name")
+    modalities = getattr(cls, "MODALITIES", ("image", "table"))
+    if context.modality not in modalities:
+        raise ConfigError(f"{key}.name: {name!r} works on {' and '.join(modalities)} data, but the data "
+                          f"are of kind {context.modality!r}; choose a {kind} for {context.modality} data")
     return cls(component_config(cls, key, params), context)
 
 

@@ -27,11 +27,35 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class TableConfig:
+    """A table (``data.name=tabular``, see ``metacontrast.data.tables``).
+
+    ``source``: ``sklearn:<name>`` (breast_cancer | wine | iris | digits: bundled, no
+    network), ``csv`` or ``parquet`` (the file ``data.root``), ``openml:<id>`` (fetched
+    into ``data.root`` when online; read from there offline). ``label``: the label
+    column (empty: ``target`` for the bundled tables; required otherwise).
+    ``categorical``/``numerical``: force a column's type (text, boolean and category
+    columns are categorical, numbers numerical otherwise); ``drop``: columns left out.
+    ``test_fraction``: rows of each class held out as the test split, drawn with
+    ``split_seed``; category codes and numerical statistics come from the train split
+    alone."""
+
+    source: str = "sklearn:breast_cancer"
+    label: str = ""
+    categorical: list[str] = field(default_factory=list)
+    numerical: list[str] = field(default_factory=list)
+    drop: list[str] = field(default_factory=list)
+    test_fraction: float = 0.3
+    split_seed: int = 0
+
+
+@dataclass
 class DataConfig:
     """Which images to train and evaluate on.
 
     ``name``: digits | cifar10 | cifar100 | stl10 | mnist | fashionmnist | imagefolder |
-    npz. ``root``: directory (or ``.npz`` file) to read. ``download``: let torchvision
+    npz | tabular (rows of a table, described by ``table``). ``root``: directory (or
+    ``.npz`` file) to read. ``download``: let torchvision
     fetch missing files (never needed offline). ``image_size``: resize to this side
     (0 = keep). ``train_subset``/``test_subset``: cap the number of images (0 = all).
     ``mean``/``std``: per-channel statistics in [0, 1] (empty = measured on the data).
@@ -55,6 +79,7 @@ class DataConfig:
     stream: bool = False
     bad_files: str = "strict"
     max_bad_fraction: float = 0.01
+    table: TableConfig = field(default_factory=TableConfig)
 
 
 @dataclass

@@ -18,26 +18,23 @@ def extract_features(encoder: nn.Module, images: Tensor, *, mean: Sequence[float
                      std: Sequence[float], batch_size: int,
                      autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
                      channels_last: bool = False) -> Tensor:
-    """uint8 ``images (N, C, H, W)`` -> float32 features ``(N, D)`` with the encoder in
-    eval mode (its mode is restored afterwards)."""
+    """uint8 ``images (N, C, H, W)`` (normalised with ``mean``/``std``) or float table
+    rows ``(N, F)`` (already encoded, taken as they are) -> float32 features ``(N, D)``
+    with the encoder in eval mode (its mode is restored afterwards)."""
     was_training = encoder.training
     encoder.eval()
     out = []
     try:
         for start in range(0, images.shape[0], batch_size):
-            x = normalize(images[start:start + batch_size], mean, std)
-            if channels_last:
+            x = images[start:start + batch_size]
+            x = normalize(x, mean, std) if x.dtype == torch.uint8 else x
+            if channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast():
                 out.append(encoder(x).float())
     finally:
         encoder.train(was_training)
     return torch.cat(out)
-
-
-def raw_pixel_features(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """The baseline representation: normalised pixels flattened to ``(N, C * H * W)``."""
-    return normalize(images, mean, std).flatten(1)
 
 
 def run_evaluators(evaluators: Mapping[str, Evaluator], inputs: EvalInputs) -> dict[str, float]:
@@ -74,8 +71,9 @@ def select_periodic(evaluators: Mapping[str, Evaluator], names: Sequence[str] | 
 
 
 def higher_is_better(metric: str) -> bool:
-    """Accuracy-like metrics; confidence-interval half-widths are not compared."""
-    return not metric.endswith("_ci95")
+    """Accuracy-like metrics; confidence-interval half-widths and standard deviations
+    are not compared."""
+    return not metric.endswith(("_ci95", "_std"))
 
 
 def update_best(best: dict[str, dict[str, float]], metrics: Mapping[str, float], *, epoch: int,

@@ -46,7 +46,8 @@ class BuildContext:
     ``head_parts``: into how many equal-width parts ``h``/``z`` fall, one per channel view
     (an encoder or head with a ``parts`` attribute sets it; 1 otherwise). ``plugins``: the
     registry, for components that build registered components themselves
-    (``metacontrast.builder.build_one``).
+    (``metacontrast.builder.build_one``). ``modality``: what the samples are, ``image``
+    or ``table``; ``table``: the ``TableSchema`` of a table's rows (None for images).
     """
 
     in_channels: int
@@ -64,6 +65,8 @@ class BuildContext:
     encoder_parts: int = 1
     head_parts: int = 1
     plugins: Any = attrs.field(default=None, repr=False)
+    modality: str = "image"
+    table: Any = None
 
     def evolve(self, **changes: Any) -> BuildContext:
         return attrs.evolve(self, **changes)
@@ -78,16 +81,23 @@ class ViewGenerator(nn.Module):
 
     NAME: ClassVar[str]
     Config: ClassVar[type] = NoConfig
+    MODALITIES: ClassVar[tuple[str, ...]] = ("image",)
 
     def forward(self, batch: Batch, generator: torch.Generator) -> Views:  # pragma: no cover
         raise NotImplementedError
 
 
 class Encoder(nn.Module):
-    """Float images ``(N, C, H, W)`` -> representations ``h (N, out_dim)``."""
+    """Float images ``(N, C, H, W)`` -> representations ``h (N, out_dim)``.
+
+    ``MODALITIES``: the sample kinds it reads (``image``, ``table``; the builder refuses
+    a component whose kinds miss the data's, naming the key). ``MIXES_EMBEDDINGS``: its
+    ``forward(x, mix=(weight (N,), partner (N,)))`` mixes input embeddings (see ``Views``)."""
 
     NAME: ClassVar[str]
     Config: ClassVar[type] = NoConfig
+    MODALITIES: ClassVar[tuple[str, ...]] = ("image",)
+    MIXES_EMBEDDINGS: ClassVar[bool] = False
     out_dim: int
 
 
@@ -229,6 +239,7 @@ class Evaluator:
 
     NAME: ClassVar[str]
     Config: ClassVar[type] = NoConfig
+    MODALITIES: ClassVar[tuple[str, ...]] = ("image", "table")
     NEEDS_ENCODER: ClassVar[bool] = False
     PERIODIC: ClassVar[bool] = True
 

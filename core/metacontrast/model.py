@@ -13,7 +13,16 @@ from torch import Tensor, nn
 
 from metacontrast import distributed
 from metacontrast.interfaces import Encoder, Head, Loss, Solver
-from metacontrast.records import Embeddings, Episode, LossInputs, LossTerms, ShapeError, Views
+from metacontrast.records import (
+    EMBED_MIX_PARTNER,
+    EMBED_MIX_WEIGHT,
+    Embeddings,
+    Episode,
+    LossInputs,
+    LossTerms,
+    ShapeError,
+    Views,
+)
 from metacontrast.teacher import EMATeacher
 
 
@@ -45,11 +54,22 @@ class Model(nn.Module):
         self.forward_chunks = forward_chunks
         self.channels_last = channels_last
 
-    def encode(self, images: Tensor) -> Tensor:
-        """Float images ``(N, C, H, W)`` -> ``h (N, D)``."""
-        if self.channels_last:
+    def encode(self, images: Tensor, mix: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Float images ``(N, C, H, W)`` or table rows ``(N, F)`` -> ``h (N, D)``;
+        ``mix``: embedding mixup ``(weight (N,), partner (N,))`` (see ``Views``)."""
+        if self.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
-        return self.encoder(images)
+        return self.encoder(images) if mix is None else self.encoder(images, mix=mix)
+
+    def _embedding_mix(self, views: Views, v: int) -> tuple[Tensor, Tensor] | None:
+        """View ``v``'s embedding mixup ``(weight (B,), partner (B,))``, if the views carry one."""
+        if EMBED_MIX_WEIGHT not in views.params:
+            return None
+        if not getattr(self.encoder, "MIXES_EMBEDDINGS", False):
+            raise ShapeError(f"Views: the views mix input embeddings ({EMBED_MIX_WEIGHT}) but encoder "
+                             f"{type(self.encoder).__name__} cannot; choose an encoder that sets "
+                             f"MIXES_EMBEDDINGS or views without embedding mixup")
+        return views.params[EMBED_MIX_WEIGHT][v], views.params[EMBED_MIX_PARTNER][v]
 
     def online_views(self, n_views: int) -> tuple[int, ...]:
         """The views the online network embeds: all, or those the teacher does not own
@@ -64,7 +84,9 @@ class Model(nn.Module):
         online = self.online_views(views.n_views)
         images = [views.images[v] for v in online]
         same_size = len({tuple(v.shape[1:]) for v in images}) == 1
-        if same_size:
+        if EMBED_MIX_WEIGHT in views.params:  # partners are rows of the same view: a pass per view
+            h = torch.cat([self.encode(views.images[v], self._embedding_mix(views, v)) for v in online])
+        elif same_size:
             chunks = torch.cat(images).chunk(self.forward_chunks)
             h = torch.cat([self.encode(c) for c in chunks]) if len(chunks) > 1 else self.encode(chunks[0])
         else:
@@ -76,18 +98,22 @@ class Model(nn.Module):
             if max(teacher_views) >= views.n_views:
                 raise ShapeError(f"teacher.views: {list(teacher_views)} names a view the view "
                                  f"generator does not make ({views.n_views} views)")
-            extras["teacher_z"] = torch.cat([self._teacher(views.images[v]) for v in teacher_views])
+            extras["teacher_z"] = torch.cat([self._teacher(views.images[v], self._embedding_mix(views, v))
+                                             for v in teacher_views])
         all_views = len(online) == views.n_views
         return Embeddings(h=h, z=self.head(h), extras=extras, teacher_views=teacher_views,
                           online_views=() if all_views else online)
 
-    def _teacher(self, images: Tensor) -> Tensor:
+    def _teacher(self, images: Tensor, mix: tuple[Tensor, Tensor] | None = None) -> Tensor:
         assert self.teacher is not None
-        if self.channels_last:
+        if self.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
         if self.teacher.shuffle_bn:
+            if mix is not None:
+                raise ShapeError("teacher.shuffle_bn: shuffling rows across ranks would separate mixed "
+                                 "embeddings from their partners; set teacher.shuffle_bn=false")
             return distributed.shuffled_forward(self.teacher, images)
-        return self.teacher(images)
+        return self.teacher(images, mix)
 
     def update_teacher(self, step: int, total_steps: int) -> None:
         """After optimizer step ``step``: move the teacher (if any) towards encoder and head."""

@@ -21,6 +21,9 @@ class ShapeError(ValueError):
     """A record was built from tensors of inconsistent shapes."""
 
 
+EMBED_MIX_WEIGHT, EMBED_MIX_PARTNER = "embed_mix_weight", "embed_mix_partner"
+
+
 def _check(condition: bool, record: str, message: str) -> None:
     if not condition:
         raise ShapeError(f"{record}: {message}")
@@ -28,17 +31,20 @@ def _check(condition: bool, record: str, message: str) -> None:
 
 @attrs.frozen(eq=False)
 class Batch:
-    """A batch of images as stored: uint8 ``images (B, C, H, W)``, dataset ``index (B,)``
-    and optional ``labels (B,)`` (never used for pre-training)."""
+    """A batch of samples as stored: uint8 ``images (B, C, H, W)``, or the float32 rows
+    ``(B, F)`` of a table (``metacontrast.data.tables``; same field, so the step and the
+    trainer have one path), dataset ``index (B,)`` and optional ``labels (B,)`` (never
+    used for pre-training)."""
 
     images: Tensor
     index: Tensor
     labels: Tensor | None = None
 
     def __attrs_post_init__(self) -> None:
-        _check(self.images.dim() == 4, "Batch",
-               f"images must be (B, C, H, W), got {tuple(self.images.shape)}")
-        _check(self.images.dtype == torch.uint8, "Batch", f"images must be uint8, got {self.images.dtype}")
+        image = self.images.dim() == 4 and self.images.dtype == torch.uint8
+        rows = self.images.dim() == 2 and self.images.dtype == torch.float32
+        _check(image or rows, "Batch", f"images must be uint8 (B, C, H, W) or float32 table rows (B, F), "
+                                      f"got {self.images.dtype} {tuple(self.images.shape)}")
         _check(self.index.shape == (self.images.shape[0],), "Batch",
                f"index must be (B,)=({self.images.shape[0]},), got {tuple(self.index.shape)}")
         if self.labels is not None:
@@ -55,8 +61,9 @@ class Views:
     """V augmented views of the same B images.
 
     ``images``: tuple of V float tensors ``(B, C, H_v, W_v)`` (sizes may differ per view,
-    as in multi-crop). ``params``: the random parameters that made them, each tensor with
-    leading dims ``(V, B)``. ``index``: dataset index ``(B,)`` of the source images.
+    as in multi-crop), or ``(B, F)`` rows of a table. ``params``: the random parameters
+    that made them, each tensor with leading dims ``(V, B)``. ``index``: dataset index
+    ``(B,)`` of the source images.
     ``extra``: named auxiliary image batches ``(M, C, H, W)`` encoded alongside the views
     but not part of the episode (e.g. the rotated copies of a rotation-prediction loss);
     their embeddings appear in ``Embeddings.extras`` under the same name.
@@ -64,6 +71,12 @@ class Views:
     Conventional params read by episode builders: ``mix_weight (V, B)``, the share of the
     image's own class in each view-sample (1 when unmixed), and ``mix_partner (V, B)``,
     the local index of the image mixed in.
+
+    Read by the model: ``embed_mix_weight (V, B)`` and ``embed_mix_partner (V, B)``,
+    mixup in the encoder's input-embedding space (SAINT's tabular views): view-sample
+    ``(v, b)`` is encoded from ``w * e(x_vb) + (1 - w) * e(x_vp)`` with ``p`` the partner
+    within the same view. The class stays the sample's own; the encoder must set
+    ``MIXES_EMBEDDINGS``.
     """
 
     images: tuple[Tensor, ...]
@@ -74,15 +87,18 @@ class Views:
     def __attrs_post_init__(self) -> None:
         _check(len(self.images) >= 1, "Views", "needs at least one view")
         b = self.index.shape[0]
+        dims = self.images[0].dim()
         for v, img in enumerate(self.images):
-            _check(img.dim() == 4 and img.shape[0] == b, "Views",
-                   f"view {v} must be (B={b}, C, H, W), got {tuple(img.shape)}")
+            _check(img.dim() == dims and dims in (2, 4) and img.shape[0] == b, "Views",
+                   f"view {v} must be (B={b}, C, H, W) images or (B={b}, F) rows like view 0, got "
+                   f"{tuple(img.shape)}")
         for name, p in self.params.items():
             _check(p.dim() >= 2 and tuple(p.shape[:2]) == (len(self.images), b), "Views",
                    f"param {name!r} must start with (V={len(self.images)}, B={b}), "
                    f"got {tuple(p.shape)}")
         for name, x in self.extra.items():
-            _check(x.dim() == 4, "Views", f"extra {name!r} must be (M, C, H, W), got {tuple(x.shape)}")
+            _check(x.dim() == dims, "Views", f"extra {name!r} must be (M, C, H, W) images or (M, F) rows "
+                                             f"like the views, got {tuple(x.shape)}")
 
     def evolve(self, **changes: Any) -> Views:
         return attrs.evolve(self, **changes)
@@ -334,8 +350,9 @@ class EvalInputs:
     """What an evaluator reads.
 
     ``encoder``: the frozen encoder (``None`` for the raw-pixel baseline); evaluators that
-    train it (fine-tuning) work on a copy. ``data``: the labelled images (an ``ImageData``:
-    uint8 ``train_images (N, C, H, W)``, ``test_images (T, C, H, W)``, labels).
+    train it (fine-tuning) work on a copy. ``data``: the labelled samples (an ``ImageData``:
+    uint8 ``train_images (N, C, H, W)``, ``test_images (T, C, H, W)``, labels; or a
+    ``TabularData`` of rows; both name their samples ``train_x``/``test_x``).
     ``train_index (N_eval,)``: the train rows frozen-feature protocols use.
     ``features(images) -> (n, D)``: uint8 images -> frozen float32 features.
     ``seed``: the run's seed; ``run_dir``: where evaluators may save what they drew (label
@@ -360,10 +377,10 @@ class EvalInputs:
         train = the ``train_index`` rows of the train split, test = the whole test split."""
         if self._frozen is None:
             d = self.data
-            idx = self.train_index.to(d.train_images.device)
-            train = Features(self.features(d.train_images[idx]),
+            idx = self.train_index.to(d.train_x.device)
+            train = Features(self.features(d.train_x[idx]),
                              d.train_labels[idx.to(d.train_labels.device)])
-            test = Features(self.features(d.test_images), d.test_labels)
+            test = Features(self.features(d.test_x), d.test_labels)
             self._frozen = (train, test)
         return self._frozen
 

@@ -67,5 +67,8 @@ class EMATeacher(nn.Module):
         torch._foreach_lerp_(teacher, [o.detach() for o in online], 1.0 - m)
 
     @torch.no_grad()
-    def forward(self, images: Tensor) -> Tensor:
-        return self.head(self.encoder(images))
+    def forward(self, images: Tensor, mix: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """``mix``: embedding mixup ``(weight (N,), partner (N,))`` for encoders that
+        mix their input embeddings (see ``Views``)."""
+        h = self.encoder(images) if mix is None else self.encoder(images, mix=mix)
+        return self.head(h)

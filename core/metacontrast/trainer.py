@@ -38,12 +38,11 @@ from metacontrast.checkpoint import (
     save_atomic,
 )
 from metacontrast.config import ConfigError, from_yaml, to_yaml
-from metacontrast.data import EpochBatchSampler, ImageData, load_dataset, subset_indices
+from metacontrast.data import EpochBatchSampler, ImageData, TabularData, load_dataset, subset_indices
 from metacontrast.data.files import stream_batches
 from metacontrast.evaluation import (
     extract_features,
     project_2d,
-    raw_pixel_features,
     run_evaluators,
     select_periodic,
     update_best,
@@ -150,7 +149,7 @@ class Run:
     run_dir: Path
     world: distributed.WorldInfo
     device: torch.device
-    data: ImageData
+    data: ImageData | TabularData
     components: Components
     plugins: PluginManager
     wrapped: torch.nn.Module
@@ -210,8 +209,7 @@ def setup(cfg: DictConfig, plugins: PluginManager | None = None) -> Run:
     seed_everything(int(t.seed))  # every rank builds the same initial weights
     eval_index = lambda n: subset_indices(n, int(cfg.evaluation.train_subset), int(t.seed))  # noqa: E731
     data = distributed.run_on_main_first(lambda: load_dataset(cfg.data, eval_index)).to(device)
-    context = BuildContext(in_channels=data.channels, image_size=data.image_size, mean=data.mean,
-                           std=data.std, device=device, num_classes=data.num_classes,
+    context = BuildContext(**data.context_facts(), device=device, num_classes=data.num_classes,
                            num_train=data.num_train,
                            rank=world.rank, world_size=world.world_size,
                            allowed_targets=allowed_targets)
@@ -333,7 +331,7 @@ def restore(run: Run, path: Path, payload: dict[str, Any]) -> None:
 def _eval_train_index(run: Run) -> torch.Tensor:
     """The fixed train subset used as kNN bank and probe training set (a streamed
     dataset holds exactly that subset in memory)."""
-    n = int(run.data.train_images.shape[0])
+    n = int(run.data.train_x.shape[0])
     if run.data.train_files is not None:
         return torch.arange(n)
     return subset_indices(n, int(run.cfg.evaluation.train_subset), int(run.cfg.trainer.seed))
@@ -359,7 +357,7 @@ def eval_inputs(run: Run, encoder: torch.nn.Module | None, *, shard: bool = Fals
     ``inputs.frozen()``)."""
     ev, t = run.cfg.evaluation, run.cfg.trainer
     if encoder is None:
-        features = lambda x: raw_pixel_features(x, run.data.mean, run.data.std)  # noqa: E731
+        features = run.data.raw_features
     else:
         features = lambda x: extract_features(  # noqa: E731
             encoder, x, mean=run.data.mean, std=run.data.std, batch_size=int(ev.batch_size),
@@ -530,7 +528,7 @@ def _epoch_batches(run: Run, stop: int) -> Iterator[tuple[int, Batch]]:
     if files is None:
         for batch_index, idx in plan:
             idx = idx.to(run.device)
-            yield batch_index, Batch(images=run.data.train_images[idx], index=idx)
+            yield batch_index, Batch(images=run.data.train_x[idx], index=idx)
         return
     assert run.data.bad_files is not None
     cuda = run.device.type == "cuda"
@@ -710,7 +708,7 @@ def describe_run(run: Run, metrics: dict[str, dict[str, float]], seconds: float)
         "wall_clock_s": round(seconds, 1),
         "train_images_for_eval": int(_eval_train_index(run).shape[0]),
         "unreadable_files": run.data.unreadable_files,
-        "test_images": int(run.data.test_images.shape[0]),
+        "test_images": int(run.data.test_x.shape[0]),
         "protocols": {name: protocol_settings(ev) for name, ev in run.components.evaluators.items()},
         "metrics": metrics,
         # the best of the periodic evaluations (every trainer.eval_every_epochs) and the final one

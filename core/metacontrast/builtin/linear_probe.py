@@ -227,6 +227,8 @@ class LinearProbeEvaluator(Evaluator):
 
     def __init__(self, config: LinearProbeConfig, context: BuildContext | None) -> None:
         super().__init__(config, context)
+        if config.augment and context is not None and context.modality != "image":
+            raise ValueError(f"augment: crops and flips images; {context.modality} data need augment=false")
         # an augmented probe re-encodes images every epoch: it needs the encoder and is slow
         self.NEEDS_ENCODER = config.augment
         self.PERIODIC = config.solver != "sgd"

@@ -103,6 +103,7 @@ class SemiSupervisedEvaluator(Evaluator):
 
     NAME = "semi_supervised"
     Config = SemiSupervisedConfig
+    MODALITIES = ("image",)
     NEEDS_ENCODER = True
     PERIODIC = False
 

@@ -109,6 +109,7 @@ class TransferEvaluator(Evaluator):
 
     NAME = "transfer"
     Config = TransferConfig
+    MODALITIES = ("image",)
     NEEDS_ENCODER = True
     PERIODIC = False
 

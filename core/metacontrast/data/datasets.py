@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
@@ -23,12 +23,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metacontrast.data.files import BadFiles, DatasetError, ImageFiles, decode_all
+from metacontrast.data.tables import TabularData, load_table
+from metacontrast.imageops import normalize
 
 
 @attrs.frozen(eq=False)
 class ImageData:
     """Train and test images ``(N, C, H, W)`` uint8 with int64 labels ``(N,)``;
-    ``mean``/``std`` per channel in [0, 1] units."""
+    ``mean``/``std`` per channel in [0, 1] units. ``train_x``/``test_x``: the images,
+    under the names the trainer reads from any dataset (``TabularData`` too)."""
+
+    KIND: ClassVar[str] = "image"
 
     name: str
     train_images: Tensor
@@ -60,6 +65,23 @@ class ImageData:
             if y.shape != (x.shape[0],):
                 raise DatasetError(f"{self.name}: {split} labels must be ({x.shape[0]},), "
                                    f"got {tuple(y.shape)}")
+
+    @property
+    def train_x(self) -> Tensor:
+        return self.train_images
+
+    @property
+    def test_x(self) -> Tensor:
+        return self.test_images
+
+    def context_facts(self) -> dict[str, Any]:
+        """What components are built with (``BuildContext`` fields)."""
+        return {"in_channels": self.channels, "image_size": self.image_size, "mean": self.mean,
+                "std": self.std, "modality": self.KIND}
+
+    def raw_features(self, images: Tensor) -> Tensor:
+        """The no-encoder baseline: normalised pixels flattened to ``(N, C * H * W)``."""
+        return normalize(images, self.mean, self.std).flatten(1)
 
     @property
     def channels(self) -> int:
@@ -281,10 +303,13 @@ def _subset(x: Tensor, y: Tensor, n: int, seed: int) -> tuple[Tensor, Tensor]:
     return x[keep], y[keep]
 
 
-def load_dataset(cfg: Any, eval_train_index: Any = None) -> ImageData:
-    """Read the dataset that the ``data`` config section names (on the CPU).
+def load_dataset(cfg: Any, eval_train_index: Any = None) -> ImageData | TabularData:
+    """Read the dataset that the ``data`` config section names (on the CPU): images, or
+    the rows of a table for ``data.name=tabular``.
     ``eval_train_index(n) -> indices``: which of ``n`` train images evaluation uses (only
     consulted when streaming, to decode just those)."""
+    if cfg.name == "tabular":
+        return load_table(cfg)
     if cfg.stream and cfg.name != "imagefolder":
         raise DatasetError(f"data.stream: only imagefolder streams from files; {cfg.name!r} is "
                            f"held in memory")
@@ -297,7 +322,7 @@ def load_dataset(cfg: Any, eval_train_index: Any = None) -> ImageData:
     adapter = ADAPTERS.get(str(cfg.name))
     if adapter is None:
         raise DatasetError(f"data.name: unknown dataset {cfg.name!r}; available: "
-                           f"{', '.join(sorted([*ADAPTERS, 'imagefolder']))}")
+                           f"{', '.join(sorted([*ADAPTERS, 'imagefolder', 'tabular']))}")
     x_tr, y_tr, x_te, y_te = adapter(cfg)
     size = cfg.image_size or DEFAULT_SIZES.get(str(cfg.name), 0)
     train = _resize(_to_nchw(x_tr, cfg.name, "train"), size)
