@@ -18,16 +18,16 @@ def extract_features(encoder: nn.Module, images: Tensor, *, mean: Sequence[float
                      std: Sequence[float], batch_size: int,
                      autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
                      channels_last: bool = False) -> Tensor:
-    """uint8 ``images (N, C, H, W)`` (normalised with ``mean``/``std``) or float table
-    rows ``(N, F)`` (already encoded, taken as they are) -> float32 features ``(N, D)``
-    with the encoder in eval mode (its mode is restored afterwards)."""
+    """Images ``(N, C, H, W)`` (uint8, or float in [0, 1]; normalised with ``mean``/``std``)
+    or float table rows ``(N, F)`` (already encoded, taken as they are) -> float32 features
+    ``(N, D)`` with the encoder in eval mode (its mode is restored afterwards)."""
     was_training = encoder.training
     encoder.eval()
     out = []
     try:
         for start in range(0, images.shape[0], batch_size):
             x = images[start:start + batch_size]
-            x = normalize(x, mean, std) if x.dtype == torch.uint8 else x
+            x = normalize(x, mean, std) if x.dim() == 4 else x
             if channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast():

@@ -23,8 +23,8 @@ class EpochBatchSampler:
         self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
         self.steps_per_epoch = n // (batch_size * world_size)
         if self.steps_per_epoch == 0:
-            raise ConfigError(f"trainer.batch_size: {world_size} x {batch_size} images per step "
-                             f"exceed the {n} training images")
+            raise ConfigError(f"trainer.batch_size: {world_size} x {batch_size} samples per step "
+                             f"exceed the {n} training samples")
 
     def epoch_order(self, epoch: int) -> Tensor:
         if not self.shuffle:

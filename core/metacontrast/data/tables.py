@@ -206,12 +206,13 @@ def _encode_numerical(values: np.ndarray, train: np.ndarray, name: str) -> tuple
 
 
 def _encode_categorical(series: Any, train: np.ndarray, name: str) -> tuple[Column, np.ndarray]:
+    import pandas as pd
+
     missing = series.isna().to_numpy()
     text = series.astype(str).to_numpy()
     categories = tuple(sorted(set(text[train][~missing[train]].tolist())))
-    lookup = {c: k + 1 for k, c in enumerate(categories)}
-    codes = np.array([0 if m else lookup.get(t, 0) for t, m in zip(text, missing, strict=True)],
-                     dtype=np.float64)
+    codes = pd.Categorical(text, categories=list(categories)).codes.astype(np.float64) + 1  # unseen: 0
+    codes[missing] = 0
     return Column(name, CATEGORICAL, categories=categories), codes
 
 
@@ -227,8 +228,8 @@ def _label_codes(series: Any, label: str) -> tuple[np.ndarray, tuple[str, ...]]:
     if len(ordered) < 2:
         raise DatasetError(f"data.table.label: column {label!r} has a single class; a label needs two "
                            f"or more")
-    lookup = {v: i for i, v in enumerate(ordered)}
-    return np.array([lookup[v] for v in values], dtype=np.int64), tuple(str(v) for v in ordered)
+    codes = pd.Categorical(values, categories=ordered).codes.astype(np.int64)
+    return codes, tuple(str(v) for v in ordered)
 
 
 def from_frame(frame: Any, *, label: str, categorical: list[str] | tuple[str, ...] = (),

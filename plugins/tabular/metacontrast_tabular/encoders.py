@@ -36,21 +36,23 @@ class ColumnEmbedding(nn.Module):
         cards = schema.cardinalities
         offsets = torch.tensor([0, *cards[:-1]], dtype=torch.long).cumsum(0) if cards else torch.zeros(0)
         self.register_buffer("offsets", offsets.long(), persistent=False)
+        # parameters only for the kinds of column the table has (DDP needs every one used)
         n_num = len(numerical)
-        self.weight = nn.Parameter(torch.randn(n_num, dim) * 0.1)
-        self.bias = nn.Parameter(torch.zeros(n_num, dim))
-        self.missing = nn.Parameter(torch.randn(n_num, dim) * 0.1)
-        self.table = nn.Embedding(max(sum(cards), 1), dim)
-        nn.init.normal_(self.table.weight, std=0.1)
+        self.weight = nn.Parameter(torch.randn(n_num, dim) * 0.1) if n_num else None
+        self.bias = nn.Parameter(torch.zeros(n_num, dim)) if n_num else None
+        self.missing = nn.Parameter(torch.randn(n_num, dim) * 0.1) if n_num else None
+        self.table = nn.Embedding(sum(cards), dim) if cards else None
+        if self.table is not None:
+            nn.init.normal_(self.table.weight, std=0.1)
 
     def forward(self, rows: Tensor) -> Tensor:
         parts = []
-        if self.numerical.numel():
+        if self.weight is not None:
             x = rows[:, self.numerical]  # (N, F_num)
             missing = torch.isnan(x).unsqueeze(-1)
             tokens = torch.nan_to_num(x).unsqueeze(-1) * self.weight + self.bias
             parts.append(torch.where(missing, self.missing.expand_as(tokens), tokens))
-        if self.categorical.numel():
+        if self.table is not None:
             codes = rows[:, self.categorical].long() + self.offsets
             parts.append(self.table(codes))
         return torch.cat(parts, dim=1)[:, self.order]

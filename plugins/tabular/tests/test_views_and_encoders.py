@@ -136,3 +136,16 @@ def test_tabular_components_refuse_images_and_image_encoders_refuse_mixed_views(
                                                            torch.Generator().manual_seed(0))
     with pytest.raises(ShapeError, match="cannot; choose an encoder that sets MIXES_EMBEDDINGS"):
         model.embed(views)
+
+
+@pytest.mark.parametrize("kind", [NUMERICAL, CATEGORICAL])
+def test_every_parameter_is_used_when_the_table_has_one_kind_of_column(kind):
+    """DDP fails on parameters that take no part in the loss."""
+    columns = tuple(Column(f"c{j}", kind, categories=("a", "b") if kind == CATEGORICAL else ()) for j in range(3))
+    schema = TableSchema(columns=columns, label="y", classes=("0", "1"))
+    ctx = BuildContext(in_channels=0, image_size=0, mean=(), std=(), modality="table", table=schema)
+    encoder = TabularMLP(TabularMLPConfig(embed_dim=4, hidden=[8]), ctx)
+    rows = torch.randint(0, 3, (5, 3)).float()
+    encoder(rows).sum().backward()
+    unused = [n for n, p in encoder.named_parameters() if p.grad is None]
+    assert unused == []
