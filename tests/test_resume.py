@@ -51,6 +51,26 @@ def _interrupted_then_resumed(run_dir: Path, stop: int, extra: list[str] = ()) -
     return _final_model(run_dir)
 
 
+TABLE = ["data=tabular/wine", "method=r2d2", "trainer=debug", "trainer.device=cpu", "trainer.batch_size=16",
+         "eval=[knn]", "eval.knn.k=5", "evaluation.baselines=[]"]
+
+
+def test_a_table_resumes_to_the_uninterrupted_parameters(tmp_path):
+    def cfg(run_dir: Path):
+        return compose_config([*TABLE, f"trainer.run_dir={run_dir}", f"trainer.max_steps={STEPS}",
+                               "trainer.epochs=2", "trainer.checkpoint_every=1", "trainer.keep_checkpoints=0",
+                               "trainer.resume=auto"])
+
+    trainer.fit(cfg(tmp_path / "straight"))
+    with pytest.raises(Interrupted):
+        trainer.fit(cfg(tmp_path / "resumed"), PluginManager(extra=[_interrupt_at(4)]))
+    assert trainer.fit(cfg(tmp_path / "resumed"))["steps"] == STEPS
+    straight, resumed = _final_model(tmp_path / "straight"), _final_model(tmp_path / "resumed")
+    assert straight.keys() == resumed.keys() and any(".embed." in k for k in straight)
+    for name, value in straight.items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=0, msg=name)
+
+
 BYOL_WITH_EVERYTHING = ["method=byol", "head.hidden_dim=32", "head.out_dim=16", "loss.byol.predictor_hidden=16",
                         "+task_aug=rotation", "+aux=rotation_loss", "+mix=unmix"]
 

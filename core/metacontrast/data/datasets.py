@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metacontrast.data.files import BadFiles, DatasetError, ImageFiles, decode_all
+from metacontrast.data.files import BadFiles, DatasetError, ImageFiles, check_split, decode_all
 from metacontrast.data.tables import TabularData, load_table
 from metacontrast.imageops import normalize
 
@@ -59,12 +59,8 @@ class ImageData:
     def __attrs_post_init__(self) -> None:
         for split in ("train", "test"):
             x, y = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
-            if x.dtype != torch.uint8 or x.dim() != 4:
-                raise DatasetError(f"{self.name}: {split} images must be uint8 (N, C, H, W), "
-                                   f"got {x.dtype} {tuple(x.shape)}")
-            if y.shape != (x.shape[0],):
-                raise DatasetError(f"{self.name}: {split} labels must be ({x.shape[0]},), "
-                                   f"got {tuple(y.shape)}")
+            ok = x.dtype == torch.uint8 and x.dim() == 4
+            check_split(self.name, split, x, y, ok, "uint8 (N, C, H, W) images")
 
     @property
     def train_x(self) -> Tensor:

@@ -28,6 +28,17 @@ class DatasetError(ValueError):
     """A dataset could not be read; the message names the key or file at fault."""
 
 
+def check_split(dataset: str, split: str, samples: Tensor, labels: Tensor, ok: bool, expected: str) -> None:
+    """``ok``: the split's samples are ``expected`` (e.g. ``uint8 (N, C, H, W)``), and
+    ``labels`` must be ``(N,)``; otherwise a ``DatasetError`` naming dataset and split."""
+    if not ok:
+        raise DatasetError(f"{dataset}: {split} samples must be {expected}, got {samples.dtype} "
+                           f"{tuple(samples.shape)}")
+    if labels.shape != (samples.shape[0],):
+        raise DatasetError(f"{dataset}: {split} labels must be ({samples.shape[0]},), "
+                           f"got {tuple(labels.shape)}")
+
+
 def decode_image(path: str, size: int) -> np.ndarray:
     """``path`` -> RGB uint8 ``(size, size, 3)`` (bicubic resize). Raises ``OSError`` for
     anything PIL cannot fully decode."""

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metacontrast.data.files import DatasetError
+from metacontrast.data.files import DatasetError, check_split
 
 NUMERICAL, CATEGORICAL = "numerical", "categorical"
 BUNDLED = ("breast_cancer", "wine", "iris", "digits")
@@ -98,14 +98,11 @@ class TabularData:
     std: tuple[float, ...] = ()
 
     def __attrs_post_init__(self) -> None:
+        width = self.schema.width
         for split in ("train", "test"):
             x, y = getattr(self, f"{split}_rows"), getattr(self, f"{split}_labels")
-            if x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] != self.schema.width:
-                raise DatasetError(f"{self.name}: {split} rows must be float32 (N, {self.schema.width}), "
-                                   f"got {x.dtype} {tuple(x.shape)}")
-            if y.shape != (x.shape[0],):
-                raise DatasetError(f"{self.name}: {split} labels must be ({x.shape[0]},), "
-                                   f"got {tuple(y.shape)}")
+            ok = x.dtype == torch.float32 and x.dim() == 2 and x.shape[1] == width
+            check_split(self.name, split, x, y, ok, f"float32 (N, {width}) rows")
 
     @property
     def train_x(self) -> Tensor:
