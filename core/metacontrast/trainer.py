@@ -693,7 +693,7 @@ def describe_run(run: Run, metrics: dict[str, dict[str, float]], seconds: float)
         resolve_precision(str(cfg.trainer.precision), run.device)]
     return {
         "method": str(cfg.method_name),
-        "dataset": str(cfg.data.name),
+        "dataset": str(run.data.name),
         "encoder": str(cfg.encoder.name),
         "steps": run.position.step,
         "epochs": run.position.epoch,

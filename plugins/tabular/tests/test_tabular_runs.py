@@ -22,7 +22,7 @@ def test_methods_run_two_steps_on_a_table(method, encoder, tmp_path):
     cfg = compose_config([*BASE, "data=tabular/wine", f"method={method}", f"encoder={encoder}",
                           f"trainer.run_dir={tmp_path}"])
     results = fit(cfg)
-    assert results["steps"] == 2
+    assert results["steps"] == 2 and results["dataset"] == "wine"  # the table, not the adapter
     rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert np.isfinite(rows[-1]["loss"])
     final = results["metrics"]["pretrained"]
