@@ -85,7 +85,8 @@ class Model(nn.Module):
         images = [views.images[v] for v in online]
         same_size = len({tuple(v.shape[1:]) for v in images}) == 1
         if EMBED_MIX_WEIGHT in views.params:  # partners are rows of the same view: a pass per view
-            h = torch.cat([self.encode(views.images[v], self._embedding_mix(views, v)) for v in online])
+            mixes = [self._embedding_mix(views, v) for v in online]
+            h = torch.cat([self.encode(x, mix) for x, mix in zip(images, mixes, strict=True)])
         elif same_size:
             chunks = torch.cat(images).chunk(self.forward_chunks)
             h = torch.cat([self.encode(c) for c in chunks]) if len(chunks) > 1 else self.encode(chunks[0])

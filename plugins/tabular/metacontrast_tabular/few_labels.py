@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metacontrast.builtin.linear_probe import LinearProbeConfig, fit_linear_classifier
-from metacontrast.interfaces import BuildContext, Evaluator
+from metacontrast.interfaces import Evaluator
 from metacontrast.records import EvalInputs, Features
 
 MODES = ("finetune", "frozen")
@@ -104,9 +104,6 @@ class FewLabelsEvaluator(Evaluator):
     Config = FewLabelsConfig
     MODALITIES = ("table",)
     PERIODIC = False
-
-    def __init__(self, config: FewLabelsConfig, context: BuildContext | None) -> None:
-        super().__init__(config, context)
 
     def run(self, inputs: EvalInputs) -> dict[str, float]:
         c: FewLabelsConfig = self.config
