@@ -74,20 +74,10 @@ def train_step(run: Any, step_fn: Any, batch: Any) -> None:
     scheduler, EMA teacher, the step's own update), without logging or checkpoints."""
     from metacontrast import trainer
     from metacontrast.guards import StepHealth
-    from metacontrast.records import StepInputs
 
-    ctx = StepInputs(generator=run.generator, step=0, model=run.wrapped, autocast=run.autocast)
     health = StepHealth(run.device)
-    terms = step_fn(batch, ctx)
-    health.add_loss(terms)
-    trainer._backward(run, terms.total)
-    if run.scaler is None:
-        health.add_gradients(run.model)
-    loss_bad, grad_bad = trainer._read_step_flags(run, health)
-    assert trainer._step_is_healthy(run, health, loss_bad, grad_bad)
-    trainer._optimizer_step(run)
-    run.model.update_teacher(0, run.total_steps)
-    step_fn.on_optimizer_step()
+    trainer.forward_backward(run, step_fn, batch, health)
+    assert trainer.update_after_backward(run, step_fn, health), "a benchmark step was skipped"
 
 
 def best_of_rounds(fns: dict[str, Callable[[], None]], repeats: int | dict[str, int],

@@ -565,6 +565,51 @@ def _stop_if_requested(run: Run, stop: StopSignals) -> None:
                         checkpoint_path(run.run_dir / "checkpoints", run.position.step))
 
 
+def no_phase(name: str) -> contextlib.AbstractContextManager:
+    """The default ``phase`` of the step functions: no instrumentation."""
+    return contextlib.nullcontext()
+
+
+def forward_backward(run: Run, step_fn: Any, batch: Batch, health: StepHealth,
+                     phase: Callable[[str], contextlib.AbstractContextManager] = no_phase) -> LossTerms:
+    """One micro-batch: the step's loss terms (views, episode, model), their finiteness
+    kept in ``health``, and the backward of their total (divided by
+    ``trainer.accumulate``). ``phase(name)`` wraps each part (benchmarks count them)."""
+    accumulate = int(run.cfg.trainer.accumulate)
+    with phase("forward"):
+        terms = step_fn(batch, StepInputs(generator=run.generator, step=run.position.step,
+                                          model=run.wrapped, autocast=run.autocast))
+    with phase("guards"):
+        health.add_loss(terms)
+    with phase("backward"):
+        total = terms.total
+        _backward(run, total if accumulate == 1 else total / accumulate)
+    return terms
+
+
+def update_after_backward(run: Run, step_fn: Any, health: StepHealth,
+                          phase: Callable[[str], contextlib.AbstractContextManager] = no_phase) -> bool:
+    """After the last micro-batch's backward: the step's one read of the device (loss and
+    gradient finiteness), then the optimizer, scheduler, EMA teacher and memory write, or a
+    skipped step. Returns whether the weights were updated."""
+    with phase("guards"):
+        if run.scaler is None:  # the scaler (fp16) skips steps with inf/NaN gradients itself
+            health.add_gradients(run.model)
+        loss_bad, grad_bad = _read_step_flags(run, health)
+        healthy = _step_is_healthy(run, health, loss_bad, grad_bad)
+    if not healthy:
+        _skip_step(run)
+        return False
+    with phase("optimizer"):
+        _optimizer_step(run)
+    with phase("teacher"):
+        run.model.update_teacher(run.position.step, run.total_steps)
+    with phase("memory"):
+        step_fn.on_optimizer_step()
+    run.position.consecutive_skips = 0
+    return True
+
+
 def train_steps(run: Run, logger: MetricsLogger, stop: StopSignals | None = None) -> None:
     """Optimizer steps from ``run.position`` to ``run.total_steps``. Each step takes
     ``trainer.accumulate`` micro-batches (DDP synchronises gradients on the last only).
@@ -584,23 +629,11 @@ def train_steps(run: Run, logger: MetricsLogger, stop: StopSignals | None = None
             pos.batch = batch_index
             last_micro = (batch_index + 1) % accumulate == 0
             with contextlib.nullcontext() if last_micro or no_sync is None else no_sync():
-                terms = step_fn(batch, StepInputs(generator=run.generator, step=pos.step,
-                                                  model=run.wrapped, autocast=run.autocast))
-                health.add_loss(terms)
-                _backward(run, terms.total / accumulate)
+                terms = forward_backward(run, step_fn, batch, health)
             images_since_log += batch.size
             if not last_micro:
                 continue
-            if run.scaler is None:  # the scaler (fp16) skips steps with inf/NaN gradients itself
-                health.add_gradients(run.model)
-            loss_bad, grad_bad = _read_step_flags(run, health)
-            if _step_is_healthy(run, health, loss_bad, grad_bad):
-                _optimizer_step(run)
-                run.model.update_teacher(pos.step, run.total_steps)
-                step_fn.on_optimizer_step()
-                pos.consecutive_skips = 0
-            else:
-                _skip_step(run)
+            update_after_backward(run, step_fn, health)
             health = StepHealth(run.device)
             pos.step += 1
             pos.batch = batch_index + 1
