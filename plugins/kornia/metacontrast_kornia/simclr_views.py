@@ -2,8 +2,13 @@
 
 random resized crop (+ horizontal flip) -> colour jitter (p=0.8) -> grayscale (p=0.2)
 -> Gaussian blur (optional) -> solarize (optional) -> normalise. Parameters are drawn
-for all V views of all B images first (``metacontrast_kornia.params``), then applied
-(``metacontrast_kornia.ops``); they travel with the views in ``Views.params``.
+for all V views of all B images first (``metacontrast_kornia.params``: one uniform draw),
+then applied; they travel with the views in ``Views.params``.
+
+Two ways to apply them, with the same result: on an accelerator every view at once in
+few kernels (``metacontrast_kornia.fused``); on the CPU view by view, each operation on
+the images that drew it (``apply``, through ``ops.where_rows``), which does less
+arithmetic where launches cost nothing. ``ops.selection`` forces either.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from torch import Tensor
 from metacontrast.imageops import normalize
 from metacontrast.interfaces import BuildContext, ViewGenerator
 from metacontrast.records import Batch, Views
-from metacontrast_kornia import ops, params
+from metacontrast_kornia import fused, ops, params
+from metacontrast_kornia.canvas import Canvas
 
 
 def _pair(name: str, value: list[float], low: float = 0.0) -> tuple[float, float]:
@@ -89,26 +95,29 @@ class SimCLRViews(ViewGenerator):
         k = max(3, round(self.config.blur_kernel_fraction * size))
         return k if k % 2 else k + 1
 
+    def view_spec(self, n_views: int | None = None) -> params.ViewSpec:
+        """The drawing settings of this generator's views (``n_views`` of them)."""
+        c = self.config
+        n = c.n_views if n_views is None else n_views
+        flags = (c.flip_p, c.jitter_p, c.grayscale_p, c.blur_p, c.solarize_p)
+        return params.ViewSpec(crop_scale=((c.crop_scale[0], c.crop_scale[1]),) * n,
+                               crop_ratio=((c.crop_ratio[0], c.crop_ratio[1]),) * n,
+                               probabilities=(flags,) * n, strength=(c.strength,) * n,
+                               blur_sigma=((c.blur_sigma[0], c.blur_sigma[1]),) * n,
+                               random_order=c.jitter_random_order)
+
     def draw(self, batch_size: int, height: int, width: int,
              generator: torch.Generator) -> dict[str, Tensor]:
-        """Draw every random parameter for ``V`` views of ``batch_size`` images."""
-        c, v, b, dev = self.config, self.config.n_views, batch_size, generator.device
-        return {
-            "crop": params.crop_boxes(v, b, height, width, tuple(c.crop_scale), tuple(c.crop_ratio),
-                                      generator, dev),
-            "flip": params.bernoulli(v, b, c.flip_p, generator, dev),
-            "jitter": params.bernoulli(v, b, c.jitter_p, generator, dev),
-            "jitter_factors": params.jitter_factors(v, b, c.strength, generator, dev),
-            "jitter_order": params.jitter_order(v, b, generator, dev, c.jitter_random_order),
-            "grayscale": params.bernoulli(v, b, c.grayscale_p, generator, dev),
-            "blur": params.bernoulli(v, b, c.blur_p, generator, dev),
-            "blur_sigma": params.uniform((v, b), c.blur_sigma[0], c.blur_sigma[1], generator, dev),
-            "solarize": params.bernoulli(v, b, c.solarize_p, generator, dev),
-        }
+        """Draw every random parameter for ``V`` views of ``batch_size`` images (one
+        ``torch.rand`` call, see ``params.derive``)."""
+        u = torch.rand((self.config.n_views, batch_size, params.COLUMNS), generator=generator,
+                       device=generator.device)
+        return params.derive(u, self.view_spec(), height, width)
 
     def apply(self, images: Tensor, p: dict[str, Tensor], v: int, size: int = 0) -> Tensor:
         """View ``v`` of uint8 ``images (B, C, H, W)`` under parameters ``p`` -> float
-        ``(B, C, S, S)`` in [0, 1] (before normalisation); ``size`` overrides S."""
+        ``(B, C, S, S)`` in [0, 1] (before normalisation); ``size`` overrides S. One view,
+        one operation at a time on the images that drew it (``ops.where_rows``)."""
         size = size or self.size
         x = images.float().div_(255.0)
         x = ops.crop_resize_flip(x, p["crop"][v], p["flip"][v], size)
@@ -127,6 +136,15 @@ class SimCLRViews(ViewGenerator):
             x = torch.where(flag, ops.solarize(x, self.config.solarize_threshold), x)
         return x
 
+    def render(self, images: Tensor, p: dict[str, Tensor], sizes: tuple[int, ...]) -> Canvas:
+        """Every view of uint8 ``images (B, C, H, W)`` under parameters ``p`` at once, view
+        ``v`` of side ``sizes[v]``: a float ``Canvas`` in [0, 1] before normalisation, in
+        the few kernels of ``metacontrast_kornia.fused``."""
+        c = self.config
+        return fused.render(images, p, sizes, jitter=c.jitter_p > 0,
+                            blur_kernels=tuple(self.kernel_for(s) for s in sizes) if c.blur_p > 0 else None,
+                            solarize_threshold=c.solarize_threshold if c.solarize_p > 0 else None)
+
     def forward(self, batch: Batch, generator: torch.Generator) -> Views:
         with torch.autocast(batch.images.device.type, enabled=False):  # views stay float32
             return self._views(batch, generator)
@@ -134,6 +152,10 @@ class SimCLRViews(ViewGenerator):
     def _views(self, batch: Batch, generator: torch.Generator) -> Views:
         b, _, h, w = batch.images.shape
         p = self.draw(b, h, w, generator)
-        views = tuple(normalize(self.apply(batch.images, p, v), self.mean, self.std)
-                      for v in range(self.config.n_views))
+        if ops.masks_rows(batch.images.device):
+            canvas = self.render(batch.images, p, (self.size,) * self.config.n_views)
+            views = fused.normalize(canvas, self.mean, self.std).views()
+        else:
+            views = tuple(normalize(self.apply(batch.images, p, v), self.mean, self.std)
+                          for v in range(self.config.n_views))
         return Views(images=views, index=batch.index, params=p)

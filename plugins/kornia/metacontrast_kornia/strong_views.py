@@ -6,6 +6,8 @@ Views ``0 .. n_weak - 1`` are weak; the following ones are strong, one per entry
 192, 160, 128 and 96). Parameters of every view travel in ``Views.params`` with leading
 dims ``(V, B)``: the SimCLR-style ones of ``simclr_views`` plus ``strong_op``,
 ``strong_apply`` and ``strong_magnitude`` ``(V, B, rounds)`` (never applied on weak views).
+As for SimCLR's views, an accelerator makes every view at once in few kernels
+(``strong_fused``), the CPU view by view on the images that drew each operation.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from torch import Tensor
 from metacontrast.imageops import normalize
 from metacontrast.interfaces import BuildContext, ViewGenerator
 from metacontrast.records import Batch, Views
-from metacontrast_kornia import params, strong_ops
+from metacontrast_kornia import fused, ops, params, strong_fused, strong_ops
+from metacontrast_kornia.canvas import Canvas
 from metacontrast_kornia.simclr_views import SimCLRViews, SimCLRViewsConfig, _pair, _probability
 
 
@@ -78,33 +81,61 @@ class WeakStrongViews(ViewGenerator):
         return self.config.weak.n_views
 
     def draw(self, batch_size: int, height: int, width: int, generator: torch.Generator) -> dict[str, Tensor]:
-        """Every random parameter of the weak and strong views, ``(V, B, ...)``."""
-        weak = self.weak.draw(batch_size, height, width, generator)
-        strong = self.strong.draw(batch_size, height, width, generator)
-        p = {k: torch.cat([weak[k], strong[k]]) for k in weak}
-        n_strong, r, dev = len(self.strong_sizes), self.config.rounds, generator.device
-        op = torch.randint(len(strong_ops.OPS), (n_strong, batch_size, r), generator=generator, device=dev)
-        apply = params.bernoulli(n_strong, batch_size * r, self.config.op_p, generator, dev).view(op.shape)
-        magnitude = strong_ops.magnitudes(op, torch.rand(op.shape, generator=generator, device=dev))
-        pad = (self.n_weak, batch_size, r)
-        p["strong_op"] = torch.cat([torch.zeros(pad, dtype=op.dtype, device=dev), op])
-        p["strong_apply"] = torch.cat([torch.zeros(pad, dtype=torch.bool, device=dev), apply])
-        p["strong_magnitude"] = torch.cat([torch.zeros(pad, device=dev), magnitude])
+        """Every random parameter of the weak and strong views, ``(V, B, ...)``, from one
+        uniform draw: SimCLR's (``params.derive``) and, per round, an operation (uniform
+        over the 14), whether it applies (``op_p``, strong views only) and its magnitude."""
+        n_strong, r = len(self.strong_sizes), self.config.rounds
+        v = self.n_weak + n_strong
+        u = torch.rand((v, batch_size, params.COLUMNS + 3 * r), generator=generator, device=generator.device)
+        spec = self.weak.view_spec() + self.strong.view_spec(n_strong)
+        p = params.derive(u[..., :params.COLUMNS], spec, height, width)
+        draws = u[..., params.COLUMNS:].view(v, batch_size, r, 3)
+        op = (draws[..., 0] * len(strong_ops.OPS)).long().clamp_(max=len(strong_ops.OPS) - 1)
+        strong = ops.constant((0.0,) * self.n_weak + (1.0,) * n_strong, u.device, torch.bool).view(v, 1, 1)
+        p["strong_op"] = op
+        p["strong_apply"] = (draws[..., 1] < self.config.op_p) & strong
+        p["strong_magnitude"] = strong_ops.magnitudes(op, draws[..., 2])
         return p
 
     def apply(self, images: Tensor, p: dict[str, Tensor], v: int) -> Tensor:
-        """View ``v`` under parameters ``p`` -> float ``(B, C, S_v, S_v)`` in [0, 1]."""
+        """View ``v`` under parameters ``p`` -> float ``(B, C, S_v, S_v)`` in [0, 1], one
+        operation at a time on the images that drew it (``ops.where_rows``)."""
         if v < self.n_weak:
             return self.weak.apply(images, p, v)
         x = self.strong.apply(images, p, v, size=self.strong_sizes[v - self.n_weak])
         return strong_ops.strong_augment(x, p["strong_op"][v], p["strong_apply"][v], p["strong_magnitude"][v],
                                          self.config.fill)
 
+    def render(self, images: Tensor, p: dict[str, Tensor]) -> tuple[Canvas, Canvas]:
+        """Every view at once in few kernels (``metacontrast_kornia.fused``,
+        ``strong_fused``): the weak views' canvas and the strong views' (after their rounds),
+        in [0, 1], not normalised."""
+        weak, strong = self.weak.config, self.strong.config
+        sizes = (self.weak.size,) * self.n_weak + tuple(self.strong_sizes)
+        kernels = tuple(self.weak.kernel_for(s) for s in sizes)
+        blur = weak.blur_p > 0 or strong.blur_p > 0
+        solarize = weak.solarize_p > 0 or strong.solarize_p > 0
+        canvas = fused.render(images, p, sizes, jitter=weak.jitter_p > 0 or strong.jitter_p > 0,
+                              blur_kernels=kernels if blur else None,
+                              solarize_threshold=weak.solarize_threshold if solarize else None)
+        strong_canvas = canvas.rows(self.n_weak, len(sizes))
+        if self.config.rounds > 0:
+            rows = slice(self.n_weak, None)
+            plan = strong_fused.round_plan(p["strong_op"][rows], p["strong_apply"][rows],
+                                           p["strong_magnitude"][rows], strong_canvas.sizes,
+                                           strong_canvas.side, self.config.fill)
+            strong_canvas = strong_fused.strong_rounds(strong_canvas, plan)
+        return canvas.rows(0, self.n_weak), strong_canvas
+
     def forward(self, batch: Batch, generator: torch.Generator) -> Views:
         with torch.autocast(batch.images.device.type, enabled=False):  # views stay float32
             b, _, h, w = batch.images.shape
             p = self.draw(b, h, w, generator)
-            n_views = self.n_weak + len(self.strong_sizes)
-            views = tuple(normalize(self.apply(batch.images, p, v), self.mean, self.std)
-                          for v in range(n_views))
+            if ops.masks_rows(batch.images.device):
+                canvases = self.render(batch.images, p)
+                views = tuple(v for c in canvases for v in fused.normalize(c, self.mean, self.std).views())
+            else:
+                n_views = self.n_weak + len(self.strong_sizes)
+                views = tuple(normalize(self.apply(batch.images, p, v), self.mean, self.std)
+                              for v in range(n_views))
             return Views(images=views, index=batch.index, params=p)
