@@ -42,12 +42,13 @@ from metacontrast import trainer
 from metacontrast.config import compose_config
 from metacontrast.records import Batch
 
+# the SimCLR experiment's nt_xent setting is switched off for every other method (it would
+# otherwise add NT-Xent to the method's own losses)
 METHODS: dict[str, list[str]] = {
     "simclr": ["method=simclr"],
-    "protonet": ["method=protonet"],
-    "r2d2": ["method=r2d2"],
-    "byol": ["method=byol", "head.hidden_dim=2048", "head.out_dim=256"],
-    # the SimCLR experiment's nt_xent setting is switched off for the MoCo-based methods
+    "protonet": ["method=protonet", "loss.nt_xent=null"],
+    "r2d2": ["method=r2d2", "loss.nt_xent=null"],
+    "byol": ["method=byol", "head.hidden_dim=2048", "head.out_dim=256", "loss.nt_xent=null"],
     "moco_v2": ["method=moco_v2", "views=moco_v2_cifar", "loss.nt_xent=null"],
     "clsa_single": ["method=clsa_single", "views=clsa_single_cifar", "loss.nt_xent=null"],
     "clsa_multi": ["method=clsa_multi", "views=clsa_multi_cifar", "loss.nt_xent=null"],
@@ -110,11 +111,12 @@ def ceiling(run: Any, calls: list[tuple[nn.Module, torch.Size, torch.dtype, bool
 
     def passes() -> None:
         outputs = []
-        for (module, _, _, grad), x in zip(calls, inputs, strict=True):
-            with torch.set_grad_enabled(grad), run.autocast():
-                h = module(x)
-            if grad:
-                outputs.append(h)
+        with run.autocast():  # one region, as the step's forward: weights are cast once
+            for (module, _, _, grad), x in zip(calls, inputs, strict=True):
+                with torch.set_grad_enabled(grad):
+                    h = module(x)
+                if grad:
+                    outputs.append(h)
         if outputs:
             sum(h.float().square().mean() for h in outputs).backward()
         run.model.zero_grad(set_to_none=True)

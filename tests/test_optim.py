@@ -41,6 +41,39 @@ def test_lars_matches_loop_reference_over_three_steps():
             torch.testing.assert_close(p.detach(), r, rtol=1e-5, atol=1e-6)
 
 
+def test_lars_with_a_tensor_learning_rate_and_groups_of_their_own_rates_matches_the_reference():
+    torch.manual_seed(1)
+    ws = [torch.randn(5, 3), torch.randn(7), torch.randn(4)]
+    grads = [[torch.randn_like(t) for t in ws] for _ in range(2)]
+    results = {}
+    for kind in ("float", "tensor", "per_group"):
+        params = [nn.Parameter(t.clone()) for t in ws]
+        lr = torch.tensor(0.5) if kind == "tensor" else 0.5
+        plain = {"params": params[2:], "weight_decay": 0.0, "lars_adapt": False}
+        if kind == "per_group":
+            plain["lr"] = 0.25
+        opt = LARS([{"params": params[:2]}, plain], lr=0.5, momentum=0.9, weight_decay=1e-2, eta=0.02)
+        if kind == "tensor":
+            for group in opt.param_groups:
+                group["lr"] = lr
+        for step in grads:
+            for p, g in zip(params, step, strict=True):
+                p.grad = g.clone()
+            opt.step()
+        results[kind] = [p.detach().clone() for p in params]
+    decay, decay_bufs = [t.clone() for t in ws[:2]], [torch.zeros_like(t) for t in ws[:2]]
+    plain, plain_bufs = [ws[2].clone()], [torch.zeros_like(ws[2])]
+    for step in grads:
+        a = _lars_reference(decay, step[:2], decay_bufs, 0.5, 0.9, 1e-2, 0.02, True)
+        b = _lars_reference(plain, step[2:], plain_bufs, 0.25, 0.9, 0.0, 0.02, False)
+        decay, decay_bufs = [x for x, _ in a], [y for _, y in a]
+        plain, plain_bufs = [x for x, _ in b], [y for _, y in b]
+    for p, r in zip(results["per_group"], decay + plain, strict=True):
+        torch.testing.assert_close(p, r, rtol=1e-5, atol=1e-6)
+    for p, q in zip(results["tensor"], results["float"], strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
 def test_param_groups_exclude_bias_and_norm():
     model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2, bias=False))
     decay, plain = param_groups(model, 1e-4, exclude_bias_and_norm=True)

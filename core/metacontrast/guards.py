@@ -1,8 +1,9 @@
 """Guards between backward and the optimizer: non-finite values and gradient clipping.
 
-``StepHealth`` keeps the step's verdict on the device so that a whole optimizer step reads
-the host once; ``nonfinite_term`` and ``nonfinite_gradient`` name the culprit afterwards
-(only when something was found)."""
+``StepHealth`` keeps the step's evidence on the device (each micro-batch's total loss and
+every gradient's norm) so that a whole optimizer step is checked by three device
+operations and read by the host once; the culprit (loss term or parameter) is named
+afterwards, only when something was found."""
 
 from __future__ import annotations
 
@@ -17,29 +18,44 @@ NONFINITE_POLICIES = ("halt", "skip")
 
 
 class StepHealth:
-    """Whether one optimizer step's loss terms and gradients are all finite, accumulated on
-    ``device`` without reading it back: ``add_loss`` after each micro-batch's forward,
-    ``add_gradients`` after the last backward; ``flags()`` is ``(loss_bad, grad_bad)`` as
-    a float tensor ``(2,)`` for the caller's single host read (or all-reduce)."""
+    """Whether one optimizer step's loss terms and gradients are all finite, gathered on
+    the device without reading it back: ``add_loss`` after each micro-batch's forward
+    (its total: non-finite when any term is), ``add_gradients`` after the last backward
+    (the norm of every gradient); ``finite()`` is one boolean per micro-batch, then one
+    per gradient, for the caller's single host read (or all-reduce)."""
 
     def __init__(self, device: torch.device) -> None:
-        self.loss_bad = torch.zeros((), device=device)
-        self.grad_bad = torch.zeros((), device=device)
+        self.device = device
+        self.totals: list[Tensor] = []
+        self.grad_norms: list[Tensor] = []
+        self.grad_names: list[str] = []
         self.terms: list[LossTerms] = []
 
-    def add_loss(self, terms: LossTerms) -> None:
-        values = torch.stack([t.detach().float() for t in terms.terms.values()])
-        self.loss_bad = torch.maximum(self.loss_bad, (~torch.isfinite(values)).any().float())
+    def add_loss(self, terms: LossTerms, total: Tensor | None = None) -> None:
+        """``total``: ``terms.total`` when the caller has it already."""
+        self.totals.append((terms.total if total is None else total).detach().float())
         self.terms.append(terms.detached())
 
     def add_gradients(self, model: nn.Module) -> None:
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        if grads:
-            norms = torch.stack(torch._foreach_norm([g.float() for g in grads]))
-            self.grad_bad = (~torch.isfinite(norms)).any().float()
+        named = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
+        self.grad_names = [n for n, _ in named]
+        self.grad_norms = list(torch._foreach_norm([g for _, g in named])) if named else []
 
-    def flags(self) -> Tensor:
-        return torch.stack([self.loss_bad, self.grad_bad])
+    def finite(self) -> Tensor:
+        """``(micro-batches + gradients,)`` booleans: each total loss, then each gradient's
+        norm, finite."""
+        return torch.isfinite(torch.stack([*self.totals, *(n.float() for n in self.grad_norms)]))
+
+    def verdict(self, finite: list[bool]) -> tuple[bool, bool]:
+        """``(loss_bad, grad_bad)`` from the host copy of ``finite()``."""
+        k = len(self.totals)
+        return not all(finite[:k]), not all(finite[k:])
+
+    def bad_gradient(self, finite: list[bool]) -> str | None:
+        """The name of the first parameter whose gradient is not finite, from the host
+        copy of ``finite()``."""
+        k = len(self.totals)
+        return next((n for n, ok in zip(self.grad_names, finite[k:], strict=True) if not ok), None)
 
     def describe_bad_term(self) -> str | None:
         """``"loss term 'name' is nan"`` for the first non-finite term of the step's
@@ -59,18 +75,6 @@ def nonfinite_term(terms: LossTerms) -> str | None:
     if bool(finite.all()):
         return None
     return list(terms.terms)[int((~finite).nonzero()[0])]
-
-
-def nonfinite_gradient(model: nn.Module) -> str | None:
-    """The name of the first parameter whose gradient holds a NaN or infinity."""
-    named = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
-    if not named:
-        return None
-    norms = torch.stack(torch._foreach_norm([g.float() for _, g in named]))
-    finite = torch.isfinite(norms)
-    if bool(finite.all()):
-        return None
-    return named[int((~finite).nonzero()[0])][0]
 
 
 def clip_gradients(params: Iterable[Tensor], max_norm: float = 0.0, max_value: float = 0.0) -> None:

@@ -200,6 +200,12 @@ class Memory(nn.Module):
     def read(self) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    @property
+    def normalized(self) -> bool:
+        """Whether every row ``read()`` returns is a unit vector (started so and written
+        with ``config.normalize``); losses then skip normalising the memory."""
+        return isinstance(getattr(self, "config", None), MemoryConfig) and bool(self.config.normalize)
+
     def update(self, keys: Tensor, ids: Tensor) -> None:  # pragma: no cover
         raise NotImplementedError
 

@@ -8,8 +8,10 @@ guarded on a CPU-only machine.
 
 Counted: every ATen operation that reaches a backend kernel. Not counted: views and
 other metadata-only operations (``view``, ``expand``, ``transpose``, ``slice``,
-``detach``, ...: ``OpOverload.is_view`` and the aliases below) and bare allocations
-(``empty``, ``empty_strided``), which launch nothing. A multi-tensor ``_foreach_*``
+``detach``, ...: ``OpOverload.is_view`` and the aliases below), bare allocations
+(``empty``, ``empty_strided``), which launch nothing, and the host-side 0-dim tensors
+that wrap a Python number (``scalar_tensor`` on the CPU: ``torch.where(mask, 1.0, x)``
+on a GPU passes the 1.0 to the kernel, it launches nothing of its own). A multi-tensor ``_foreach_*``
 operation counts once (on CUDA it launches one kernel per chunk of tensors). Composite
 operations are seen as the operations they decompose into, as the device runs them.
 """
@@ -41,8 +43,11 @@ NO_LAUNCH = {
 _TORCH_DIR = Path(torch.__file__).resolve().parent
 
 
-def launches(func: Any) -> bool:
+def launches(func: Any, kwargs: dict | None = None) -> bool:
     """Whether dispatching ``func`` (an ``OpOverload``) launches device work."""
+    if func is aten.scalar_tensor.default:
+        device = (kwargs or {}).get("device")
+        return device is not None and torch.device(device).type != "cpu"
     return not (func in NO_LAUNCH or getattr(func, "is_view", False))
 
 
@@ -91,7 +96,7 @@ class DeviceOps(TorchDispatchMode):
         return sum(self.by_op.values())
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        if launches(func):
+        if launches(func, kwargs):
             self.by_op[str(func.overloadpacket.__name__)] += 1
             self.by_phase[self.phase] += 1
             if self.where:
@@ -212,11 +217,12 @@ def bare_network_ops(run: Any, calls: list[EncoderCall]) -> tuple[int, int]:
 
     def forward() -> list[Tensor]:
         outputs = []
-        for call, x in zip(calls, inputs, strict=True):
-            with torch.set_grad_enabled(call.grad), run.autocast():
-                h = call.module(x)
-            if call.grad:
-                outputs.append(h)
+        with run.autocast():  # one region, as the step's forward: weights are cast once
+            for call, x in zip(calls, inputs, strict=True):
+                with torch.set_grad_enabled(call.grad):
+                    h = call.module(x)
+                if call.grad:
+                    outputs.append(h)
         return outputs
 
     grads = [torch.ones_like(h) for h in forward()]

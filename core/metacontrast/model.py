@@ -121,13 +121,14 @@ class Model(nn.Module):
         if self.teacher is not None:
             self.teacher.update(self.encoder, self.head, step, total_steps)
 
-    def forward(self, views: Views, episode: Episode,
-                memory: Tensor | None = None) -> tuple[LossTerms, Embeddings]:
-        """``memory (M, D)``: the memory's keys read before the step, handed to the losses."""
+    def forward(self, views: Views, episode: Episode, memory: Tensor | None = None,
+                memory_normalized: bool = False) -> tuple[LossTerms, Embeddings]:
+        """``memory (M, D)``: the memory's keys read before the step, handed to the losses
+        (``memory_normalized``: its rows are unit vectors)."""
         embeddings = self.embed(views)
         logits = self.solver(embeddings, episode) if self.solver is not None else None
         inputs = LossInputs(views=views, episode=episode, embeddings=embeddings, logits=logits,
-                            memory=memory)
+                            memory=memory, memory_normalized=memory_normalized)
         terms: dict[str, Tensor] = {}
         for name, loss in self.losses.items():
             terms[name] = self.weights[name] * loss(inputs).float()

@@ -19,7 +19,14 @@ class LARS(torch.optim.Optimizer):
     ``trust = eta * ||p|| / (||g|| + wd * ||p||)`` (1 where either norm is 0);
     ``u = trust * (g + wd * p)``; ``buf = momentum * buf + u``; ``p -= lr * buf``.
     Groups with ``lars_adapt=False`` (biases, norms) get ``u = g + wd * p``.
-    Norms are computed for all parameters at once with ``torch._foreach_norm``.
+
+    Every parameter of every group is updated by the same few multi-tensor operations
+    (norms of all parameters and gradients at once, the trust ratios as one vector, then
+    ``buf *= momentum; buf += trust g; buf += trust wd p; p -= lr buf``), whatever the
+    number of parameters: on CUDA each is one kernel per chunk of tensors (the per-tensor
+    factors are 0-dim device tensors, which the multi-tensor kernels read on the device).
+    ``lr`` may be a 0-dim tensor (CUDA graphs); groups that differ in ``lr`` or
+    ``momentum`` are updated group by group.
     """
 
     def __init__(self, params: Iterable[Any], lr: float, momentum: float = 0.9,
@@ -30,6 +37,24 @@ class LARS(torch.optim.Optimizer):
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "eta": eta,
                     "lars_adapt": True}
         super().__init__(params, defaults)
+        self._layout_key: tuple[int, ...] = ()
+        self._layout: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def _constants(self, groups: list[tuple[dict, list[Tensor]]]) -> tuple[Tensor, Tensor, Tensor]:
+        """Per parameter (made once per set of parameters with gradients): weight decay,
+        eta (0 where the group does not adapt) and whether it adapts, as device vectors."""
+        key = tuple(id(p) for _, ps in groups for p in ps)
+        if key != self._layout_key or self._layout is None:
+            wd, eta, adapt = [], [], []
+            for group, ps in groups:
+                wd += [float(group["weight_decay"])] * len(ps)
+                eta += [float(group["eta"]) if group["lars_adapt"] else 0.0] * len(ps)
+                adapt += [bool(group["lars_adapt"])] * len(ps)
+            device = groups[0][1][0].device
+            self._layout = (torch.tensor(wd, device=device), torch.tensor(eta, device=device),
+                            torch.tensor(adapt, device=device))
+            self._layout_key = key
+        return self._layout
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
@@ -37,30 +62,53 @@ class LARS(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            wd, eta, mom = group["weight_decay"], group["eta"], group["momentum"]
-            if group["lars_adapt"]:
-                p_norm = torch.stack(torch._foreach_norm(params))
-                g_norm = torch.stack(torch._foreach_norm(grads))
-                trust = torch.where((p_norm > 0) & (g_norm > 0),
-                                    eta * p_norm / (g_norm + wd * p_norm), torch.ones_like(p_norm))
-            updates = torch._foreach_add(grads, params, alpha=wd) if wd else [g.clone() for g in grads]
-            if group["lars_adapt"]:
-                torch._foreach_mul_(updates, list(trust.unbind()))
-            bufs = []
-            for p in params:
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p)
-                bufs.append(state["momentum_buffer"])
-            torch._foreach_mul_(bufs, mom)
-            torch._foreach_add_(bufs, updates)
-            torch._foreach_add_(params, bufs, alpha=-group["lr"])
+        groups = [(g, [p for p in g["params"] if p.grad is not None]) for g in self.param_groups]
+        groups = [(g, ps) for g, ps in groups if ps]
+        if not groups:
+            return loss
+        params = [p for _, ps in groups for p in ps]
+        grads = [p.grad for p in params]
+        bufs = []
+        for p in params:
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p)
+            bufs.append(state["momentum_buffer"])
+        wd, eta, adapt = self._constants(groups)
+        norms = torch.stack(torch._foreach_norm(params + grads))
+        p_norm, g_norm = norms[:len(params)], norms[len(params):]
+        ratio = eta * p_norm / torch.addcmul(g_norm, wd, p_norm)
+        trust = torch.where(adapt & (torch.minimum(p_norm, g_norm) > 0), ratio, 1.0)
+        trust_wd = trust * wd
+        first = groups[0][0]
+        shared = all(_same(g["lr"], first["lr"]) and g["momentum"] == first["momentum"] for g, _ in groups)
+        spans = [(0, len(params), groups[0][0])] if shared else _group_spans(groups)
+        for start, stop, group in spans:
+            b, p, g = bufs[start:stop], params[start:stop], grads[start:stop]
+            torch._foreach_mul_(b, group["momentum"])
+            torch._foreach_addcmul_(b, list(trust[start:stop].unbind()), g)
+            torch._foreach_addcmul_(b, list(trust_wd[start:stop].unbind()), p)
+            lr = group["lr"]
+            if isinstance(lr, Tensor):
+                torch._foreach_addcmul_(p, [lr] * len(p), b, value=-1)
+            else:
+                torch._foreach_add_(p, b, alpha=-lr)
         return loss
+
+
+def _same(a: float | Tensor, b: float | Tensor) -> bool:
+    """Equal learning rates, compared without reading a device tensor."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return a is b
+    return a == b
+
+
+def _group_spans(groups: list[tuple[dict, list[Tensor]]]) -> list[tuple[int, int, dict]]:
+    spans, start = [], 0
+    for group, ps in groups:
+        spans.append((start, start + len(ps), group))
+        start += len(ps)
+    return spans
 
 
 def _is_bias_or_norm(name: str, p: Tensor, module_of: dict[str, nn.Module]) -> bool:

@@ -16,6 +16,8 @@ import attrs
 import torch
 from torch import Tensor
 
+from metacontrast.layout import episode_indices
+
 
 class ShapeError(ValueError):
     """A record was built from tensors of inconsistent shapes."""
@@ -168,8 +170,8 @@ class Episode:
             raise ShapeError(f"Episode: support_views must be in [1, {v - 1}] for {v} views, "
                              f"got {n_support_views}")
         offset = rank * b
-        labels = (torch.arange(b, device=device) + offset).repeat(v)
-        every = torch.arange(v * b, device=device)
+        indices = episode_indices(b, v, rank, device)
+        labels, every = indices.labels, indices.rows
         if n_support_views:
             support, query = every[:n_support_views * b], every[n_support_views * b:]
         else:
@@ -301,13 +303,16 @@ class Logits:
 class LossInputs:
     """Everything a loss may read: the views, the episode, the embeddings, the solver's
     logits (``None`` when the method has no solver) and ``memory (M, D)``, the configured
-    memory's keys as read before this step (``None`` without a memory)."""
+    memory's keys as read before this step (``None`` without a memory);
+    ``memory_normalized``: its rows are unit vectors (a memory written with ``normalize``),
+    so a cosine needs no normalisation of them."""
 
     views: Views
     episode: Episode
     embeddings: Embeddings
     logits: Logits | None = None
     memory: Tensor | None = None
+    memory_normalized: bool = False
 
 
 @attrs.frozen(eq=False)

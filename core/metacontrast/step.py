@@ -42,8 +42,9 @@ class DefaultTrainStep:
         views = self.views(batch, ctx)
         episode = self.episode_builder(views)
         keys = self.memory.read() if self.memory is not None else None
+        unit = self.memory is not None and self.memory.normalized
         with ctx.autocast():
-            terms, embeddings = ctx.model(views, episode, keys)
+            terms, embeddings = ctx.model(views, episode, keys, unit)
         self.keep_keys(ctx.step, embeddings, views)
         return terms
 

@@ -47,7 +47,7 @@ from metacontrast.evaluation import (
     select_periodic,
     update_best,
 )
-from metacontrast.guards import NONFINITE_POLICIES, StepHealth, clip_gradients, nonfinite_gradient
+from metacontrast.guards import NONFINITE_POLICIES, StepHealth, clip_gradients
 from metacontrast.host import tune_glibc_malloc
 from metacontrast.interfaces import BuildContext
 from metacontrast.metrics import MetricsLogger
@@ -404,15 +404,19 @@ def evaluate_baselines(run: Run) -> None:
 
 # -- the loop -------------------------------------------------------------------------
 
-def _read_step_flags(run: Run, health: StepHealth) -> tuple[bool, bool]:
-    """The step's one read of the device: whether any rank saw a non-finite loss term,
-    and whether the (rank-averaged) gradients are non-finite."""
-    flags = distributed.max_over_ranks_tensor(health.flags()) if run.world.distributed else health.flags()
-    loss_bad, grad_bad = flags.tolist()
-    return bool(loss_bad), bool(grad_bad)
+def _read_step_flags(run: Run, health: StepHealth) -> tuple[bool, bool, list[bool]]:
+    """The step's one read of the device: whether any rank saw a non-finite loss total,
+    whether the (rank-averaged) gradients are non-finite, and the finite-ness of each."""
+    finite = health.finite()
+    if run.world.distributed:
+        finite = distributed.max_over_ranks_tensor((~finite).float()) == 0
+    flags = finite.tolist()
+    loss_bad, grad_bad = health.verdict(flags)
+    return loss_bad, grad_bad, flags
 
 
-def _step_is_healthy(run: Run, health: StepHealth, loss_bad: bool, grad_bad: bool) -> bool:
+def _step_is_healthy(run: Run, health: StepHealth, loss_bad: bool, grad_bad: bool,
+                     flags: list[bool]) -> bool:
     """Policy ``halt`` raises (on every rank, naming the loss term or the parameter where it
     is known, loss first) before the optimizer touches the weights; ``skip`` returns
     ``False``. Gradients are averaged over ranks, so every rank agrees on them."""
@@ -423,7 +427,7 @@ def _step_is_healthy(run: Run, health: StepHealth, loss_bad: bool, grad_bad: boo
     if loss_bad:
         what = health.describe_bad_term() or "a loss term is non-finite on another rank"
     else:
-        param = nonfinite_gradient(run.model)
+        param = health.bad_gradient(flags)
         what = f"the gradient of {param!r} is not finite" if param else "a gradient is not finite"
     raise TrainingError(f"step {run.position.step}: {what}; stopping before the optimizer "
                         f"touches the weights")
@@ -579,10 +583,11 @@ def forward_backward(run: Run, step_fn: Any, batch: Batch, health: StepHealth,
     with phase("forward"):
         terms = step_fn(batch, StepInputs(generator=run.generator, step=run.position.step,
                                           model=run.wrapped, autocast=run.autocast))
-    with phase("guards"):
-        health.add_loss(terms)
     with phase("backward"):
         total = terms.total
+    with phase("guards"):
+        health.add_loss(terms, total)
+    with phase("backward"):
         _backward(run, total if accumulate == 1 else total / accumulate)
     return terms
 
@@ -595,8 +600,8 @@ def update_after_backward(run: Run, step_fn: Any, health: StepHealth,
     with phase("guards"):
         if run.scaler is None:  # the scaler (fp16) skips steps with inf/NaN gradients itself
             health.add_gradients(run.model)
-        loss_bad, grad_bad = _read_step_flags(run, health)
-        healthy = _step_is_healthy(run, health, loss_bad, grad_bad)
+        loss_bad, grad_bad, flags = _read_step_flags(run, health)
+        healthy = _step_is_healthy(run, health, loss_bad, grad_bad, flags)
     if not healthy:
         _skip_step(run)
         return False

@@ -43,18 +43,19 @@ class DDMConfig:
                              f"{self.weak_view} or the key view {self.key_view}")
 
 
-def ddm_loss(weak: Tensor, strong: list[Tensor], keys: Tensor, memory: Tensor, temperature: float) -> Tensor:
+def ddm_loss(weak: Tensor, strong: list[Tensor], keys: Tensor, memory: Tensor, temperature: float, *,
+             memory_normalized: bool = False) -> Tensor:
     """0-dim DDM: ``weak (B, D)`` queries give the target distributions, each ``strong[s]
     (B, D)`` is trained towards them; ``keys (B, D)`` positives, ``memory (M, D)``
-    negatives. Summed over strong views, averaged over the batch."""
-    keys, memory = keys.detach(), memory.detach()
-    with torch.no_grad():
-        target = positive_and_memory_logits(weak, keys, memory, temperature).softmax(dim=1)
-    total = weak.new_zeros((), dtype=torch.float32)
-    for s in strong:
-        log_p = positive_and_memory_logits(s, keys, memory, temperature).log_softmax(dim=1)
-        total = total - (target * log_p).sum(dim=1).mean()
-    return total
+    negatives (unit rows when ``memory_normalized``). Summed over strong views, averaged
+    over the batch. The weak and every strong query are scored in one product."""
+    b, n_strong = weak.shape[0], len(strong)
+    queries = torch.cat([weak.detach(), *strong])  # (B (1 + S), D); the weak rows carry no gradient
+    logits = positive_and_memory_logits(queries, keys.detach().repeat(1 + n_strong, 1), memory.detach(),
+                                        temperature, memory_normalized=memory_normalized)
+    target = logits[:b].softmax(dim=1)  # (B, 1 + M)
+    log_p = logits[b:].log_softmax(dim=1).view(n_strong, b, -1)
+    return -(target * log_p).sum(dim=-1).mean(dim=-1).sum()
 
 
 class DDMLoss(Loss):
@@ -87,4 +88,5 @@ class DDMLoss(Loss):
             raise ShapeError(f"ddm: views {[c.weak_view, c.key_view, *strong]} asked for, but the view "
                              f"generator makes {n_views} views")
         return ddm_loss(emb.view(c.weak_view, n_views), [emb.view(v, n_views) for v in strong],
-                        emb.teacher_view(c.key_view, n_views), inputs.memory, c.temperature)
+                        emb.teacher_view(c.key_view, n_views), inputs.memory, c.temperature,
+                        memory_normalized=inputs.memory_normalized)

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from metacontrast import distributed
 from metacontrast.closed_forms import ridge_weights
 from metacontrast.interfaces import BuildContext, Solver
+from metacontrast.layout import pair_layout
 from metacontrast.records import Embeddings, Episode, Logits, ShapeError, soft_class_targets
 from metacontrast_metassl.tasks import Tasks, gather_views, per_task_scores, split_tasks, targets_for_loss
 
@@ -206,13 +207,11 @@ class AllPairsSolver(Solver):
             v, b = episode.n_views, episode.batch_size
             candidates = gather_views(z, v, episode.world_size > 1)  # (V, G, D)
             g = candidates.shape[1]
-            scores = z @ candidates.reshape(v * g, -1).T / self.config.temperature
-            own = torch.arange(b, device=z.device) + episode.rank * b
-            self_index = (torch.arange(v, device=z.device)[:, None] * g + own[None, :]).reshape(-1)
-            scores = scores.masked_fill(self_index[:, None] == torch.arange(v * g, device=z.device),
-                                       torch.finfo(scores.dtype).min)
-            if episode.mix_weight is None and v == 2:  # the single positive: the other view
-                targets = (self_index + g) % (2 * g)
+            scores = (z @ candidates.reshape(v * g, -1).T).div_(self.config.temperature)
+            layout = pair_layout(b, v, episode.rank, episode.world_size, z.device)
+            scores = scores.masked_fill(layout.self_mask, torch.finfo(scores.dtype).min)
+            if episode.mix_weight is None and layout.positive is not None:  # the other view
+                targets = layout.positive
             else:
                 classes = torch.arange(g, device=z.device).repeat(v)
                 targets = cross_view_targets(episode, classes, _global_mix(episode), g)

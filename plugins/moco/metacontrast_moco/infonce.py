@@ -9,8 +9,6 @@ before this step (``memory=queue``). MoCo v2: t = 0.2.
 from __future__ import annotations
 
 import attrs
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from metacontrast.contrast import positive_and_memory_logits
@@ -37,10 +35,13 @@ class QueueInfoNCEConfig:
                              f"{self.query_view} and {self.key_view}")
 
 
-def queue_infonce(queries: Tensor, keys: Tensor, memory: Tensor, temperature: float) -> Tensor:
-    """0-dim InfoNCE of ``queries (B, D)`` against ``keys (B, D)`` and ``memory (M, D)``."""
-    logits = positive_and_memory_logits(queries, keys.detach(), memory.detach(), temperature)
-    return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))
+def queue_infonce(queries: Tensor, keys: Tensor, memory: Tensor, temperature: float, *,
+                  memory_normalized: bool = False) -> Tensor:
+    """0-dim InfoNCE of ``queries (B, D)`` against ``keys (B, D)`` and ``memory (M, D)``
+    (unit rows when ``memory_normalized``): the positive is column 0 of every row."""
+    logits = positive_and_memory_logits(queries, keys.detach(), memory.detach(), temperature,
+                                        memory_normalized=memory_normalized)
+    return -logits.log_softmax(dim=1)[:, 0].mean()
 
 
 class QueueInfoNCELoss(Loss):
@@ -64,5 +65,5 @@ class QueueInfoNCELoss(Loss):
                              f"generator makes {n_views} views")
         pairs = [(c.query_view, c.key_view)] + ([(c.key_view, c.query_view)] if c.symmetric else [])
         losses = [queue_infonce(emb.view(q, n_views), emb.teacher_view(k, n_views), inputs.memory,
-                                c.temperature) for q, k in pairs]
+                                c.temperature, memory_normalized=inputs.memory_normalized) for q, k in pairs]
         return sum(losses[1:], losses[0]) / len(losses)

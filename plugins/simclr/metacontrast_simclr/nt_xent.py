@@ -16,6 +16,7 @@ from torch import Tensor
 
 from metacontrast import distributed
 from metacontrast.interfaces import BuildContext, Loss
+from metacontrast.layout import pair_layout
 from metacontrast.records import LossInputs, ShapeError
 
 
@@ -27,21 +28,26 @@ def nt_xent(z_a: Tensor, z_b: Tensor, temperature: float, *, gather: bool = True
     if z_a.shape != z_b.shape or z_a.dim() != 2:
         raise ShapeError(f"nt_xent: z_a and z_b must both be (B, D), got {tuple(z_a.shape)} "
                          f"and {tuple(z_b.shape)}")
-    za, zb = F.normalize(z_a.float(), dim=1), F.normalize(z_b.float(), dim=1)
-    b = za.shape[0]
+    return nt_xent_of_views(torch.cat([z_a, z_b]), temperature, gather=gather)
+
+
+def nt_xent_of_views(z: Tensor, temperature: float, *, gather: bool = True) -> Tensor:
+    """NT-Xent of ``z (2B, D)``, the projections of view 0 of B images then of view 1
+    (an all-pairs episode's rows): row ``i`` and row ``i + B`` are a positive pair. 0-dim,
+    float32. Which columns are an anchor's own and its positive comes from the episode
+    layout (``metacontrast.layout.pair_layout``)."""
+    if z.dim() != 2 or z.shape[0] % 2:
+        raise ShapeError(f"nt_xent: z must be (2B, D), two views of B images, got {tuple(z.shape)}")
+    b = z.shape[0] // 2
+    zn = F.normalize(z.float(), dim=1)
     world = distributed.current() if gather else distributed.WorldInfo()
-    all_a = distributed.gather_with_grad(za) if gather else za
-    all_b = distributed.gather_with_grad(zb) if gather else zb
-    n = all_a.shape[0]  # global batch
-    candidates = torch.cat([all_a, all_b])  # (2n, D)
-    anchors = torch.cat([za, zb])  # (2b, D)
-    logits = anchors @ candidates.T / temperature  # (2b, 2n)
-    local = torch.arange(b, device=za.device) + world.rank * b
-    self_index = torch.cat([local, local + n])
-    positive = torch.cat([local + n, local])
-    logits = logits.masked_fill(
-        self_index[:, None] == torch.arange(2 * n, device=za.device), torch.finfo(logits.dtype).min)
-    return F.cross_entropy(logits, positive)
+    candidates = zn
+    if gather and world.world_size > 1:  # (2n, D): every rank's view 0, then every rank's view 1
+        candidates = torch.cat([distributed.gather_with_grad(zn[:b]), distributed.gather_with_grad(zn[b:])])
+    layout = pair_layout(b, 2, world.rank, world.world_size, z.device)
+    logits = (zn @ candidates.T).div_(temperature)  # (2b, 2n)
+    logits = logits.masked_fill(layout.self_mask, torch.finfo(logits.dtype).min)
+    return F.cross_entropy(logits, layout.positive)
 
 
 @attrs.define
@@ -77,4 +83,5 @@ class NTXentLoss(Loss):
                              "SimCLR with mixing use solver=all_pairs loss=[query_ce] (the same loss, "
                              "with soft targets)")
         emb = inputs.embeddings
-        return nt_xent(emb.view(0, 2), emb.view(1, 2), self.temperature, gather=self.gather)
+        z = emb.z if not emb.online_views else torch.cat([emb.view(0, 2), emb.view(1, 2)])
+        return nt_xent_of_views(z, self.temperature, gather=self.gather)
