@@ -115,7 +115,11 @@ class TrainerConfig:
     element to this magnitude (0 = off). ``nonfinite``: halt | skip, what to do when a
     loss term or gradient is NaN or infinite (skip: no update on any rank, counted; halt
     after ``max_consecutive_skips`` skips in a row). ``deterministic``: only deterministic
-    kernels (an error names an operation that has none), no cuDNN autotuning."""
+    kernels (an error names an operation that has none), no cuDNN autotuning.
+    ``compile``: off | encoder | step, what ``torch.compile`` compiles (see
+    ``metacontrast.compiling``), with ``compile_backend``. ``cuda_graphs``: capture the
+    whole step as CUDA graphs after ``cuda_graph_warmup`` eager steps (see
+    ``metacontrast.graphs``)."""
 
     epochs: int = 100
     max_steps: int = 0
@@ -123,7 +127,10 @@ class TrainerConfig:
     accumulate: int = 1
     precision: str = "auto"
     channels_last: bool = True
-    compile: bool = False
+    compile: str = "off"
+    compile_backend: str = "inductor"
+    cuda_graphs: bool = False
+    cuda_graph_warmup: int = 3
     device: str = "auto"
     seed: int = 0
     sync_batchnorm: bool = True

@@ -6,18 +6,18 @@ One code path serves a single process, gloo processes on CPU and NCCL on GPUs un
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class WorldInfo:
     """Position of this process: ``rank`` of ``world_size``, ``local_rank`` on its node."""
 

@@ -149,11 +149,15 @@ class Loss(nn.Module):
 
     ``READS_ALL_VIEWS``: the loss reads ``Embeddings.h``/``z`` as every view's rows; a
     loss that only asks for single views (``Embeddings.view``) sets it ``False`` and may
-    then run with ``teacher.exclusive`` (the online network skipping the key views)."""
+    then run with ``teacher.exclusive`` (the online network skipping the key views).
+    ``differentiates_twice``: its step takes a gradient of a gradient through the model
+    (a second-order meta-update); ``trainer.compile=step`` then leaves the model eager,
+    which ``torch.compile``'s autograd cannot differentiate twice."""
 
     NAME: ClassVar[str]
     Config: ClassVar[type] = NoConfig
     READS_ALL_VIEWS: ClassVar[bool] = True
+    differentiates_twice: bool = False
 
     def forward(self, inputs: LossInputs) -> Tensor:  # pragma: no cover
         raise NotImplementedError

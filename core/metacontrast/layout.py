@@ -9,14 +9,14 @@ host-to-device copy each time). They are shared: never modify them in place.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
-import attrs
 import torch
 from torch import Tensor
 
 
-@attrs.frozen(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class EpisodeIndices:
     """``labels (V*B,)``: the global class of each local view-sample; ``rows (V*B,)``:
     ``0 .. V*B - 1``."""
@@ -32,7 +32,7 @@ def episode_indices(batch: int, n_views: int, rank: int, device: torch.device) -
         return EpisodeIndices(labels=labels.to(device), rows=torch.arange(n_views * batch).to(device))
 
 
-@attrs.frozen(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class PairLayout:
     """The all-pairs layout: every local view-sample (anchor, row ``v * B + b``) against
     the view-samples of all ranks (candidates, column ``v * G + r * B + b``, ``G = W * B``:

@@ -2,6 +2,8 @@
 
 No bare dicts or tuples cross a stage boundary: each stage takes and returns one of
 these. Validation checks shapes only (never values), so it costs no device sync.
+Records are frozen dataclasses: ``torch.compile`` traces their construction inside a
+compiled step (``trainer.compile=step``), which it cannot do for attrs' frozen classes.
 
 Shape letters: B batch, V views, N way, S support, Q query, D dim, C channels, H, W.
 """
@@ -9,14 +11,14 @@ Shape letters: B batch, V views, N way, S support, Q query, D dim, C channels, H
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import attrs
 import torch
 from torch import Tensor
 
-from metacontrast.layout import episode_indices
+from metacontrast.layout import PairLayout, episode_indices, pair_layout
 
 
 class ShapeError(ValueError):
@@ -31,7 +33,7 @@ def _check(condition: bool, record: str, message: str) -> None:
         raise ShapeError(f"{record}: {message}")
 
 
-@attrs.frozen(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Batch:
     """A batch of samples as stored: uint8 ``images (B, C, H, W)``, or the float32 rows
     ``(B, F)`` of a table (``metacontrast.data.tables``; same field, so the step and the
@@ -42,7 +44,7 @@ class Batch:
     index: Tensor
     labels: Tensor | None = None
 
-    def __attrs_post_init__(self) -> None:
+    def __post_init__(self) -> None:
         image = self.images.dim() == 4 and self.images.dtype == torch.uint8
         rows = self.images.dim() == 2 and self.images.dtype == torch.float32
         _check(image or rows, "Batch", f"images must be uint8 (B, C, H, W) or float32 table rows (B, F), "
@@ -58,7 +60,7 @@ class Batch:
         return int(self.images.shape[0])
 
 
-@attrs.frozen(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Views:
     """V augmented views of the same B images.
 
@@ -83,10 +85,10 @@ class Views:
 
     images: tuple[Tensor, ...]
     index: Tensor
-    params: Mapping[str, Tensor] = attrs.field(factory=dict)
-    extra: Mapping[str, Tensor] = attrs.field(factory=dict)
+    params: Mapping[str, Tensor] = dataclasses.field(default_factory=dict)
+    extra: Mapping[str, Tensor] = dataclasses.field(default_factory=dict)
 
-    def __attrs_post_init__(self) -> None:
+    def __post_init__(self) -> None:
         _check(len(self.images) >= 1, "Views", "needs at least one view")
         b = self.index.shape[0]
         dims = self.images[0].dim()
@@ -103,7 +105,7 @@ class Views:
                                              f"like the views, got {tuple(x.shape)}")
 
     def evolve(self, **changes: Any) -> Views:
-        return attrs.evolve(self, **changes)
+        return dataclasses.replace(self, **changes)
 
     @property
     def n_views(self) -> int:
@@ -114,7 +116,7 @@ class Views:
         return int(self.index.shape[0])
 
 
-@attrs.frozen(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Episode:
     """A classification task built from V views of B images on each of W ranks.
 
@@ -126,6 +128,9 @@ class Episode:
     in the support (0 for the all-pairs episode, where every view-sample is support and
     query and ``exclude_self`` holds). ``mix_weight``, ``mix_partner (V*B,)``: the share
     of a view-sample's own class and the global class mixed into it (``None``: unmixed).
+    ``pair_layout``: for the all-pairs episode, each row's own column and positive among
+    the view-samples of all ranks (``metacontrast.layout.PairLayout``), made once per
+    shape outside any compiled region.
     """
 
     labels: Tensor
@@ -141,8 +146,9 @@ class Episode:
     world_size: int = 1
     mix_weight: Tensor | None = None
     mix_partner: Tensor | None = None
+    pair_layout: PairLayout | None = None
 
-    def __attrs_post_init__(self) -> None:
+    def __post_init__(self) -> None:
         n = self.n_views * self.batch_size
         _check(self.labels.shape == (n,), "Episode",
                f"labels must be (V*B,)=({n},), got {tuple(self.labels.shape)}")
@@ -190,10 +196,11 @@ class Episode:
                 mixed_views = (views.params["mix_weight"] < 1).any(dim=1).nonzero().flatten().tolist()
                 raise ShapeError(f"Episode: mixed view(s) {mixed_views} fall in the support (the first "
                                  f"{n_support_views} views); mix a query view")
+        pairs = None if n_support_views else pair_layout(b, v, rank, world_size, device)
         return cls(labels=labels, support=support, query=query, n_way=b * world_size, n_views=v,
                    batch_size=b, exclude_self=not n_support_views, n_support_views=n_support_views,
                    tasks=tasks, rank=rank, world_size=world_size, mix_weight=weight,
-                   mix_partner=partner)
+                   mix_partner=partner, pair_layout=pairs)
 
     @classmethod
     def pairs(cls, views: Views) -> Episode:
@@ -231,7 +238,7 @@ def soft_class_targets(classes: Tensor, n_classes: int, weight: Tensor | None = 
     return out.scatter_add_(1, partner[:, None], (1 - weight)[:, None])
 
 
-@attrs.frozen(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Embeddings:
     """Encoder and head outputs for all V*B view-samples (view-major order).
 
@@ -245,11 +252,11 @@ class Embeddings:
 
     h: Tensor
     z: Tensor
-    extras: Mapping[str, Tensor] = attrs.field(factory=dict)
+    extras: Mapping[str, Tensor] = dataclasses.field(default_factory=dict)
     teacher_views: tuple[int, ...] = ()
     online_views: tuple[int, ...] = ()
 
-    def __attrs_post_init__(self) -> None:
+    def __post_init__(self) -> None:
         _check(self.h.dim() == 2 and self.z.dim() == 2, "Embeddings",
                f"h and z must be 2-D, got {tuple(self.h.shape)} and {tuple(self.z.shape)}")
         _check(self.h.shape[0] == self.z.shape[0], "Embeddings",
@@ -285,7 +292,7 @@ class Embeddings:
         return self.extras["teacher_z"][row * b:(row + 1) * b]
 
 
-@attrs.frozen(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Logits:
     """Scores of each query against the episode's classes: ``scores (Q, N)`` and
     ``targets (Q,)`` (class indices) or ``(Q, N)`` (soft targets)."""
@@ -293,13 +300,13 @@ class Logits:
     scores: Tensor
     targets: Tensor
 
-    def __attrs_post_init__(self) -> None:
+    def __post_init__(self) -> None:
         _check(self.scores.dim() == 2, "Logits", f"scores must be (Q, N), got {tuple(self.scores.shape)}")
         _check(self.targets.shape[0] == self.scores.shape[0], "Logits",
                f"targets must start with Q={self.scores.shape[0]}, got {tuple(self.targets.shape)}")
 
 
-@attrs.frozen(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class LossInputs:
     """Everything a loss may read: the views, the episode, the embeddings, the solver's
     logits (``None`` when the method has no solver) and ``memory (M, D)``, the configured
@@ -315,13 +322,13 @@ class LossInputs:
     memory_normalized: bool = False
 
 
-@attrs.frozen(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class LossTerms:
     """Named, already weighted, 0-dim loss terms; ``total`` is their sum."""
 
     terms: Mapping[str, Tensor]
 
-    def __attrs_post_init__(self) -> None:
+    def __post_init__(self) -> None:
         _check(len(self.terms) > 0, "LossTerms", "needs at least one term")
         for name, t in self.terms.items():
             _check(t.dim() == 0, "LossTerms", f"term {name!r} must be 0-dim, got {tuple(t.shape)}")
@@ -338,19 +345,19 @@ class LossTerms:
         return LossTerms({k: v.detach() for k, v in self.terms.items()})
 
 
-@attrs.frozen(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Features:
     """Frozen features of a labelled split: ``x (N, D)`` and ``y (N,)``."""
 
     x: Tensor
     y: Tensor
 
-    def __attrs_post_init__(self) -> None:
+    def __post_init__(self) -> None:
         _check(self.x.dim() == 2 and self.y.shape == (self.x.shape[0],), "Features",
                f"need x (N, D) and y (N,), got {tuple(self.x.shape)} and {tuple(self.y.shape)}")
 
 
-@attrs.define(eq=False)
+@dataclasses.dataclass(eq=False)
 class EvalInputs:
     """What an evaluator reads.
 
@@ -374,8 +381,8 @@ class EvalInputs:
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     channels_last: bool = False
     batch_size: int = 512
-    details: dict[str, Any] = attrs.field(factory=dict)
-    _frozen: tuple[Features, Features] | None = attrs.field(default=None, init=False, repr=False)
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    _frozen: tuple[Features, Features] | None = dataclasses.field(default=None, init=False, repr=False)
 
     def frozen(self) -> tuple[Features, Features]:
         """``(train, test)`` frozen features, extracted once and shared by all evaluators:
@@ -394,7 +401,7 @@ class EvalInputs:
         return self._frozen is not None
 
 
-@attrs.frozen(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class StepState:
     """What boundary hooks see: position, the detached loss terms of the last step and
     the (unwrapped) model."""
@@ -405,7 +412,7 @@ class StepState:
     model: Any
 
 
-@attrs.define
+@dataclasses.dataclass
 class StepInputs:
     """What the trainer hands a step: the explicit augmentation ``generator`` (on the
     data's device), the global ``step`` index, the (possibly DDP-wrapped) ``model`` and

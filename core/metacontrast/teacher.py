@@ -47,6 +47,7 @@ class EMATeacher(nn.Module):
         self.head = copy.deepcopy(head)
         self.requires_grad_(False)
         self.momentum, self.final_momentum, self.schedule = momentum, final_momentum, schedule
+        self.blend_weight: Tensor | None = None  # 1 - m on the device, for a captured update
 
     def momentum_at(self, step: int, total_steps: int) -> float:
         """m after optimizer step ``step`` (0-based) of ``total_steps``."""
@@ -56,15 +57,32 @@ class EMATeacher(nn.Module):
         gap = self.final_momentum - self.momentum
         return self.final_momentum - gap * (math.cos(math.pi * progress) + 1) / 2
 
+    def capture_weight(self) -> None:
+        """Keep ``1 - m`` in a device tensor from now on (``prepare`` fills it before each
+        update), so that a captured update (CUDA graphs) reads each step's momentum
+        instead of the one it was captured with."""
+        if self.blend_weight is None:
+            self.blend_weight = torch.zeros((), device=next(self.parameters()).device)
+
+    def prepare(self, step: int, total_steps: int) -> None:
+        """Write ``1 - m`` of optimizer step ``step`` into the device tensor (one launch)."""
+        if self.blend_weight is not None:
+            self.blend_weight.fill_(1.0 - self.momentum_at(step, total_steps))
+
     @torch.no_grad()
     def update(self, encoder: nn.Module, head: nn.Module, step: int, total_steps: int) -> None:
-        """Move every teacher parameter towards its online twin (same module structure)."""
-        m = self.momentum_at(step, total_steps)
+        """Move every teacher parameter towards its online twin (same module structure):
+        ``t += (1 - m) (o - t)``, ``m`` of step ``step`` (from ``blend_weight`` once
+        ``capture_weight`` made it: the caller then runs ``prepare`` first)."""
         teacher = [*self.encoder.parameters(), *self.head.parameters()]
-        online = [*encoder.parameters(), *head.parameters()]
+        online = [o.detach() for o in (*encoder.parameters(), *head.parameters())]
         if len(teacher) != len(online):
             raise RuntimeError("teacher and online networks have different parameter lists")
-        torch._foreach_lerp_(teacher, [o.detach() for o in online], 1.0 - m)
+        if self.blend_weight is None:
+            torch._foreach_lerp_(teacher, online, 1.0 - self.momentum_at(step, total_steps))
+        else:
+            gap = torch._foreach_sub(online, teacher)
+            torch._foreach_addcmul_(teacher, [self.blend_weight] * len(teacher), gap)
 
     @torch.no_grad()
     def forward(self, images: Tensor, mix: tuple[Tensor, Tensor] | None = None) -> Tensor:

@@ -37,6 +37,7 @@ from metacontrast.checkpoint import (
     rng_state,
     save_atomic,
 )
+from metacontrast.compiling import CompileWatch, compile_mode, compile_parts
 from metacontrast.config import ConfigError, from_yaml, to_yaml
 from metacontrast.data import EpochBatchSampler, ImageData, TabularData, load_dataset, subset_indices
 from metacontrast.data.files import stream_batches
@@ -47,6 +48,7 @@ from metacontrast.evaluation import (
     select_periodic,
     update_best,
 )
+from metacontrast.graphs import GraphedStep, check_capturable
 from metacontrast.guards import NONFINITE_POLICIES, StepHealth, clip_gradients
 from metacontrast.host import tune_glibc_malloc
 from metacontrast.interfaces import BuildContext
@@ -167,6 +169,7 @@ class Run:
     # per metric of the periodic evaluations: {"value", "epoch", "step"} of the best one
     best_metrics: dict[str, dict[str, float]] = attrs.field(factory=dict)
     eval_details: dict[str, Any] = attrs.field(factory=dict)
+    compile_watch: CompileWatch | None = None
 
     @property
     def model(self) -> torch.nn.Module:
@@ -193,6 +196,10 @@ def setup(cfg: DictConfig, plugins: PluginManager | None = None) -> Run:
     dtype = resolve_precision(str(t.precision), device)
     if t.accumulate < 1:
         raise ConfigError(f"trainer.accumulate: must be >= 1, got {t.accumulate}")
+    if t.cuda_graphs:
+        check_capturable(device, world.world_size, int(t.accumulate), dtype)
+        if t.cuda_graph_warmup < 1:
+            raise ConfigError(f"trainer.cuda_graph_warmup: must be >= 1, got {t.cuda_graph_warmup}")
     if t.nonfinite not in NONFINITE_POLICIES:
         raise ConfigError(f"trainer.nonfinite: unknown policy {t.nonfinite!r}; available: halt, skip")
     for key in ("grad_clip_norm", "grad_clip_value", "max_consecutive_skips"):
@@ -224,8 +231,9 @@ def setup(cfg: DictConfig, plugins: PluginManager | None = None) -> Run:
         model.to(memory_format=torch.channels_last)
     if world.distributed and t.sync_batchnorm:
         components.model = model = distributed.convert_sync_batchnorm(model, device.type)
-    if t.compile:
-        model.encoder.compile()
+    mode = compile_mode(t.compile)
+    eager_parts = compile_parts(mode, model, components.view_generator, list(components.view_transforms),
+                                backend=str(t.compile_backend))
     wrapped = distributed.wrap_ddp(model, device)
 
     sampler = EpochBatchSampler(data.num_train, int(t.batch_size), seed=int(t.seed),
@@ -249,7 +257,9 @@ def setup(cfg: DictConfig, plugins: PluginManager | None = None) -> Run:
     return Run(cfg=cfg, run_dir=run_dir, world=world, device=device, data=data,
                components=components, plugins=plugins, wrapped=wrapped, optimizer=optimizer,
                scheduler=scheduler, scaler=scaler, sampler=sampler, generator=generator,
-               autocast=autocast_factory(device, dtype), total_steps=total)
+               autocast=autocast_factory(device, dtype), total_steps=total,
+               compile_watch=None if mode == "off" else CompileWatch(mode, str(t.compile_backend),
+                                                                     eager_parts))
 
 
 # -- checkpoints ----------------------------------------------------------------------
@@ -407,7 +417,12 @@ def evaluate_baselines(run: Run) -> None:
 def _read_step_flags(run: Run, health: StepHealth) -> tuple[bool, bool, list[bool]]:
     """The step's one read of the device: whether any rank saw a non-finite loss total,
     whether the (rank-averaged) gradients are non-finite, and the finite-ness of each."""
-    finite = health.finite()
+    return read_finite(run, health, health.finite())
+
+
+def read_finite(run: Run, health: StepHealth, finite: torch.Tensor) -> tuple[bool, bool, list[bool]]:
+    """``finite`` (``health.finite()``, agreed between ranks) read to the host once:
+    ``(loss_bad, grad_bad, flags)``."""
     if run.world.distributed:
         finite = distributed.max_over_ranks_tensor((~finite).float()) == 0
     flags = finite.tolist()
@@ -433,11 +448,12 @@ def _step_is_healthy(run: Run, health: StepHealth, loss_bad: bool, grad_bad: boo
                         f"touches the weights")
 
 
-def _skip_step(run: Run) -> None:
-    """Drop this step's gradients, count the skip; the schedule still advances with the
-    step count."""
+def _skip_step(run: Run, release_grads: bool = True) -> None:
+    """Drop this step's gradients (a captured step overwrites its gradient buffers at the
+    next replay instead), count the skip; the schedule still advances with the step count."""
     pos, limit = run.position, int(run.cfg.trainer.max_consecutive_skips)
-    run.optimizer.zero_grad(set_to_none=True)
+    if release_grads:
+        run.optimizer.zero_grad(set_to_none=True)
     with warnings.catch_warnings():  # no optimizer step before this scheduler step, by design
         warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()`"))
         run.scheduler.step()
@@ -455,7 +471,10 @@ def _backward(run: Run, loss: torch.Tensor) -> None:
         loss.backward()
 
 
-def _optimizer_step(run: Run) -> None:
+def _optimizer_step(run: Run, *, release_grads: bool = True, schedule: bool = True) -> None:
+    """Clipping, the optimizer (through the scaler under fp16); then the gradients are
+    released (``release_grads``) and the schedule advances (``schedule``). A captured
+    step keeps its gradient buffers and advances the schedule outside the graph."""
     t = run.cfg.trainer
     if run.scaler is not None:
         run.scaler.unscale_(run.optimizer)
@@ -465,8 +484,10 @@ def _optimizer_step(run: Run) -> None:
         run.scaler.update()
     else:
         run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
-    run.scheduler.step()
+    if release_grads:
+        run.optimizer.zero_grad(set_to_none=True)
+    if schedule:
+        run.scheduler.step()
 
 
 def _metrics_row(run: Run, terms: LossTerms, images: int, seconds: float) -> dict[str, Any]:
@@ -477,7 +498,7 @@ def _metrics_row(run: Run, terms: LossTerms, images: int, seconds: float) -> dic
     row: dict[str, Any] = {
         "step": pos.step, "epoch": pos.epoch,
         **dict(zip(names, distributed.all_reduce_mean(values).tolist(), strict=True)),
-        "lr": run.optimizer.param_groups[0]["lr"],
+        "lr": float(run.optimizer.param_groups[0]["lr"]),
         "images_per_s": images * run.world.world_size / max(seconds, 1e-9),
         "skipped_steps": pos.skipped,
     }
@@ -615,6 +636,19 @@ def update_after_backward(run: Run, step_fn: Any, health: StepHealth,
     return True
 
 
+def _graphed_step(run: Run, step_fn: Any, graphed: GraphedStep, batch: Batch) -> LossTerms:
+    """One optimizer step under ``trainer.cuda_graphs``: eager while warming up (then
+    captured), replayed after."""
+    if graphed.ready:
+        return graphed.step(batch)[0]
+    health = StepHealth(run.device)
+    with graphed.warming_up():
+        terms = forward_backward(run, step_fn, batch, health)
+        update_after_backward(run, step_fn, health)
+    graphed.eager_step_done(batch)
+    return terms
+
+
 def train_steps(run: Run, logger: MetricsLogger, stop: StopSignals | None = None) -> None:
     """Optimizer steps from ``run.position`` to ``run.total_steps``. Each step takes
     ``trainer.accumulate`` micro-batches (DDP synchronises gradients on the last only).
@@ -628,18 +662,24 @@ def train_steps(run: Run, logger: MetricsLogger, stop: StopSignals | None = None
     pos = run.position
     batches_per_epoch = (run.sampler.steps_per_epoch // accumulate) * accumulate
     health = StepHealth(run.device)
+    graphed = GraphedStep(run, step_fn) if t.cuda_graphs else None
     while pos.step < run.total_steps:
         terms: LossTerms | None = None
         for batch_index, batch in _epoch_batches(run, batches_per_epoch):
             pos.batch = batch_index
-            last_micro = (batch_index + 1) % accumulate == 0
-            with contextlib.nullcontext() if last_micro or no_sync is None else no_sync():
-                terms = forward_backward(run, step_fn, batch, health)
             images_since_log += batch.size
-            if not last_micro:
-                continue
-            update_after_backward(run, step_fn, health)
-            health = StepHealth(run.device)
+            if graphed is not None:  # one batch a step (check_capturable)
+                terms = _graphed_step(run, step_fn, graphed, batch)
+            else:
+                last_micro = (batch_index + 1) % accumulate == 0
+                with contextlib.nullcontext() if last_micro or no_sync is None else no_sync():
+                    terms = forward_backward(run, step_fn, batch, health)
+                if not last_micro:
+                    continue
+                update_after_backward(run, step_fn, health)
+                health = StepHealth(run.device)
+            if run.compile_watch is not None:
+                run.compile_watch.first_step_done()
             pos.step += 1
             pos.batch = batch_index + 1
             run.plugins.hooks.hook.metacontrast_on_step_end(
@@ -697,6 +737,10 @@ def fit(cfg: DictConfig, plugins: PluginManager | None = None) -> dict[str, Any]
         update_best(run.best_metrics, final, epoch=run.position.epoch, step=run.position.step)
         results = describe_run(run, metrics, train_seconds)
         (run.run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        if run.compile_watch is not None:
+            report = run.compile_watch.report()
+            if report.recompiles or report.graph_breaks or report.eager:
+                print(report.summary(), file=sys.stderr)
     distributed.barrier()
     return results
 
@@ -753,6 +797,7 @@ def describe_run(run: Run, metrics: dict[str, dict[str, float]], seconds: float)
         "best_metrics": run.best_metrics,
         "eval_every_epochs": int(cfg.trainer.eval_every_epochs),
         "evaluation_details": run.eval_details,
+        "compile": None if run.compile_watch is None else run.compile_watch.report().as_dict(),
         "run_dir": str(run.run_dir),
     }
 

@@ -8,7 +8,8 @@ other view of its image; every row of another image is a negative.
 
 from __future__ import annotations
 
-import attrs
+import dataclasses
+
 import torch
 from torch import Tensor
 
@@ -16,7 +17,7 @@ from metacontrast import distributed
 from metacontrast.records import LossInputs, ShapeError
 
 
-@attrs.frozen(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class PairRows:
     """``anchors (2B, D)``, ``candidates (2n, D)``, ``positive (2B,)``: the candidate
     index of each anchor's positive; ``self_index (2B,)``: the anchor's own candidate row."""

@@ -9,14 +9,14 @@ only each view's own pixels (``valid``, ``pixels``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
-import attrs
 import torch
 from torch import Tensor
 
 
-@attrs.frozen(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class CanvasConstants:
     """Per-view constants of a canvas layout on one device.
 
@@ -51,14 +51,14 @@ def constants(sizes: tuple[int, ...], side: int, device: torch.device) -> Canvas
                                pixels=(size.squeeze(1) ** 2).view(-1, 1).to(device), xy=xy.to(device))
 
 
-@attrs.frozen(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Canvas:
     """V views of B images in one tensor ``x (V, B, C, S, S)`` (see the module)."""
 
     x: Tensor
     sizes: tuple[int, ...]
 
-    def __attrs_post_init__(self) -> None:
+    def __post_init__(self) -> None:
         if self.x.dim() != 5 or self.x.shape[0] != len(self.sizes) or max(self.sizes) > self.x.shape[-1]:
             raise ValueError(f"Canvas: x must be (V={len(self.sizes)}, B, C, S, S) with S >= "
                              f"{max(self.sizes)}, got {tuple(self.x.shape)}")
@@ -86,14 +86,14 @@ class Canvas:
     def flat(self) -> Tensor:
         """``x`` as ``(V, B, C, S*S)`` (a view)."""
         v, b, c = self.x.shape[:3]
-        return self.x.view(v, b, c, self.side * self.side)
+        return self.x.reshape(v, b, c, self.side * self.side)
 
     def constants(self) -> CanvasConstants:
         return constants(self.sizes, self.side, self.x.device)
 
     def with_flat(self, flat: Tensor) -> Canvas:
         """The same layout holding ``flat (V, B, C, S*S)``."""
-        return Canvas(flat.view(self.x.shape), self.sizes)
+        return Canvas(flat.reshape(self.x.shape), self.sizes)
 
     def view(self, v: int) -> Tensor:
         """View ``v``: ``(B, C, size_v, size_v)`` (a slice of the canvas)."""

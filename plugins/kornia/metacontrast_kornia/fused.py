@@ -19,7 +19,8 @@ of views or the batch, and nothing waits for the device.
 
 from __future__ import annotations
 
-import attrs
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -98,7 +99,7 @@ def hue_rotate(x: Tensor, shift6: Tensor) -> Tensor:
     return torch.addcmul(high, chroma, ramp, value=-1)
 
 
-@attrs.frozen(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class JitterPlan:
     """Per-image coefficients of the 6 affine jitter stages (3 before the image's hue
     rotation, 3 after; an image with fewer operations there has identity stages):

@@ -9,9 +9,9 @@ per-view settings (views of one generator may differ: CLSA's weak and strong vie
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
-import attrs
 import torch
 from torch import Tensor
 
@@ -28,7 +28,7 @@ ORDER_KEYS = slice(AMOUNTS.stop, AMOUNTS.stop + 4)
 COLUMNS = ORDER_KEYS.stop
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class ViewSpec:
     """The drawing settings of each of V views (tuples of length V).
 

@@ -13,6 +13,9 @@ arithmetic where launches cost nothing. ``ops.selection`` forces either.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import attrs
 import torch
 from torch import Tensor
@@ -89,6 +92,9 @@ class SimCLRViews(ViewGenerator):
         self.size = config.size or context.image_size
         self.mean, self.std = context.mean, context.std
         self.blur_kernel = self.kernel_for(self.size)
+        self.spec = self.view_spec()
+        self._fused = False  # always the fused path (set when compiled)
+        self._views: Callable[[Batch, Tensor], Views] = self.views_from_uniforms
 
     def kernel_for(self, size: int) -> int:
         """Blur kernel side for views of side ``size`` (odd, >= 3)."""
@@ -112,7 +118,7 @@ class SimCLRViews(ViewGenerator):
         ``torch.rand`` call, see ``params.derive``)."""
         u = torch.rand((self.config.n_views, batch_size, params.COLUMNS), generator=generator,
                        device=generator.device)
-        return params.derive(u, self.view_spec(), height, width)
+        return params.derive(u, self.spec, height, width)
 
     def apply(self, images: Tensor, p: dict[str, Tensor], v: int, size: int = 0) -> Tensor:
         """View ``v`` of uint8 ``images (B, C, H, W)`` under parameters ``p`` -> float
@@ -147,15 +153,25 @@ class SimCLRViews(ViewGenerator):
 
     def forward(self, batch: Batch, generator: torch.Generator) -> Views:
         with torch.autocast(batch.images.device.type, enabled=False):  # views stay float32
-            return self._views(batch, generator)
+            b = batch.images.shape[0]
+            u = torch.rand((self.config.n_views, b, params.COLUMNS), generator=generator,
+                           device=generator.device)
+            return self._views(batch, u)
 
-    def _views(self, batch: Batch, generator: torch.Generator) -> Views:
-        b, _, h, w = batch.images.shape
-        p = self.draw(b, h, w, generator)
-        if ops.masks_rows(batch.images.device):
+    def views_from_uniforms(self, batch: Batch, u: Tensor) -> Views:
+        """The views of ``batch`` from the step's uniforms ``u (V, B, params.COLUMNS)``."""
+        _, _, h, w = batch.images.shape
+        p = params.derive(u, self.spec, h, w)
+        if self._fused or ops.masks_rows(batch.images.device):
             canvas = self.render(batch.images, p, (self.size,) * self.config.n_views)
             views = fused.normalize(canvas, self.mean, self.std).views()
         else:
             views = tuple(normalize(self.apply(batch.images, p, v), self.mean, self.std)
                           for v in range(self.config.n_views))
         return Views(images=views, index=batch.index, params=p)
+
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        """``torch.compile`` the views after the draw (the fused path, one graph); the
+        draw itself (``torch.rand`` on the step's generator) stays eager."""
+        self._fused = True
+        self._views = torch.compile(self.views_from_uniforms, *args, **kwargs)

@@ -23,10 +23,10 @@ operations drawn; nothing waits for the device.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
-import attrs
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -40,7 +40,7 @@ CODE = {name: i for i, name in enumerate(OPS)}
 BLENDS = ("contrast", "color", "sharpness")  # brightness: a = factor and no D
 
 
-@attrs.frozen(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class RoundPlan:
     """Everything a round applies, per round ``r`` (leading dim R), strong view and image.
 
@@ -69,7 +69,7 @@ class RoundPlan:
 
 def select_round(plan: RoundPlan, r: int) -> RoundPlan:
     """Round ``r`` of ``plan`` alone (a plan of one round)."""
-    return RoundPlan(**{f.name: getattr(plan, f.name)[r:r + 1] for f in attrs.fields(RoundPlan)})
+    return RoundPlan(**{f.name: getattr(plan, f.name)[r:r + 1] for f in dataclasses.fields(RoundPlan)})
 
 
 @functools.lru_cache(maxsize=32)
@@ -138,15 +138,15 @@ def round_plan(op: Tensor, apply: Tensor, magnitude: Tensor, sizes: tuple[int, .
     features = torch.stack([torch.ones_like(m), m, theta.cos(), theta.sin()], dim=-1)  # (R, V, B, 4)
     table = _inverse_affine_table(sizes, side, dev)
     rows = table[code + 1, _view_index(v, dev)]  # (R, V, B, 6, 4)
-    inverse = (rows @ features[..., None]).view(r, v, b, 2, 3)
+    inverse = (rows * features[..., None, :]).sum(-1).reshape(r, v, b, 2, 3)
     grid = k.xy @ inverse.transpose(-1, -2)  # (R, V, B, S*S, 2)
     if min(sizes) != side:
         grid = torch.where(k.valid_mask.view(1, v, 1, side * side, 1), grid, -3.0)
-    grid = grid.view(r, v * b, side, side, 2)
+    grid = grid.reshape(r, v * b, side, side, 2)
     coverage = F.grid_sample(k.valid.view(1, v, 1, 1, side, side).expand(r, v, b, 1, side, side)
-                             .reshape(r * v * b, 1, side, side), grid.view(r * v * b, side, side, 2),
+                             .reshape(r * v * b, 1, side, side), grid.reshape(r * v * b, side, side, 2),
                              mode="bilinear", padding_mode="zeros", align_corners=True)
-    uncovered = (1 - coverage.view(r, v, b, 1, side * side)) * (k.valid * fill)
+    uncovered = (1 - coverage.reshape(r, v, b, 1, side * side)) * (k.valid * fill)
     geometric = (code >= 0) & (code < len(GEOMETRIC))
     # blends and auto-contrast
     blend = code[..., None] == constant(tuple(CODE[n] for n in BLENDS), dev, torch.long)
@@ -184,15 +184,15 @@ def strong_rounds(canvas: Canvas, plan: RoundPlan) -> Canvas:
     bins = _histogram_bins(canvas.sizes, b, c, flat.device)
     for r in range(plan.grid.shape[0]):
         # geometric
-        warped = F.grid_sample(flat.view(v * b, c, side, side), plan.grid[r], mode="bilinear",
-                               padding_mode="zeros", align_corners=True).view(v, b, c, p)
+        warped = F.grid_sample(flat.reshape(v * b, c, side, side), plan.grid[r], mode="bilinear",
+                               padding_mode="zeros", align_corners=True).reshape(v, b, c, p)
         flat = torch.where(plan.geometric[r], warped + plan.fill[r], flat)
         # blends and auto-contrast
         g = grey(flat)
         mean_term = g.sum(-1, keepdim=True) * plan.c_mean[r]
         if mixed:
             mean_term = mean_term * k.valid
-        smooth = F.conv2d(flat.view(v * b, c, side, side), kernel, padding=1, groups=c).view(v, b, c, p)
+        smooth = F.conv2d(flat.reshape(v * b, c, side, side), kernel, padding=1, groups=c).reshape(v, b, c, p)
         smooth = torch.where(interior, smooth, flat)
         d = torch.addcmul(torch.addcmul(mean_term, plan.c_grey[r], g), plan.c_smooth[r], smooth)
         high = flat.amax(-1, keepdim=True)
@@ -222,7 +222,7 @@ def _view_index(v: int, device: torch.device) -> Tensor:
         return torch.arange(v, device=device).view(1, v, 1)
 
 
-@attrs.frozen(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class _Bins:
     """Histogram bookkeeping of ``(V, B, C)`` channels: ``offset (V, B, C, 1)``, each
     channel's first bin in a flat histogram of 257 bins per channel (the last collects the
@@ -253,7 +253,7 @@ def _equalize(levels: Tensor, bins: _Bins, valid: Tensor | None) -> Tensor:
     if valid is not None:  # the padding goes to each channel's spare bin
         flat_index = torch.where(valid, flat_index, bins.offset + 256)
     hist = torch.zeros(bins.offset.numel() * 257, dtype=torch.long, device=levels.device)
-    hist = hist.scatter_add_(0, flat_index.view(-1), bins.one.expand(flat_index.numel()))
+    hist = hist.scatter_add_(0, flat_index.reshape(-1), bins.one.expand(flat_index.numel()))
     hist = hist.view(*bins.offset.shape[:3], 257)[..., :256]
     cumulative = hist.cumsum(-1)
     last = (cumulative < bins.pixels).sum(-1, keepdim=True)  # the highest occupied level

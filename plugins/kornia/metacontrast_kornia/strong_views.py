@@ -12,6 +12,9 @@ As for SimCLR's views, an accelerator makes every view at once in few kernels
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import attrs
 import torch
 from torch import Tensor
@@ -75,6 +78,9 @@ class WeakStrongViews(ViewGenerator):
         self.strong = SimCLRViews(strong, context)
         self.strong_sizes = [s or context.image_size for s in config.strong_sizes]
         self.mean, self.std = context.mean, context.std
+        self.spec = self.weak.view_spec() + self.strong.view_spec(len(self.strong_sizes))
+        self._fused = False  # always the fused path (set when compiled)
+        self._views: Callable[[Batch, Tensor], Views] = self.views_from_uniforms
 
     @property
     def n_weak(self) -> int:
@@ -82,13 +88,19 @@ class WeakStrongViews(ViewGenerator):
 
     def draw(self, batch_size: int, height: int, width: int, generator: torch.Generator) -> dict[str, Tensor]:
         """Every random parameter of the weak and strong views, ``(V, B, ...)``, from one
-        uniform draw: SimCLR's (``params.derive``) and, per round, an operation (uniform
-        over the 14), whether it applies (``op_p``, strong views only) and its magnitude."""
+        uniform draw (``parameters_from``)."""
+        v = self.n_weak + len(self.strong_sizes)
+        u = torch.rand((v, batch_size, params.COLUMNS + 3 * self.config.rounds), generator=generator,
+                       device=generator.device)
+        return self.parameters_from(u, height, width)
+
+    def parameters_from(self, u: Tensor, height: int, width: int) -> dict[str, Tensor]:
+        """SimCLR's parameters of every view (``params.derive``) and, per round, an
+        operation (uniform over the 14), whether it applies (``op_p``, strong views only)
+        and its magnitude, from uniforms ``u (V, B, params.COLUMNS + 3 * rounds)``."""
         n_strong, r = len(self.strong_sizes), self.config.rounds
-        v = self.n_weak + n_strong
-        u = torch.rand((v, batch_size, params.COLUMNS + 3 * r), generator=generator, device=generator.device)
-        spec = self.weak.view_spec() + self.strong.view_spec(n_strong)
-        p = params.derive(u[..., :params.COLUMNS], spec, height, width)
+        v, batch_size = u.shape[:2]
+        p = params.derive(u[..., :params.COLUMNS], self.spec, height, width)
         draws = u[..., params.COLUMNS:].view(v, batch_size, r, 3)
         op = (draws[..., 0] * len(strong_ops.OPS)).long().clamp_(max=len(strong_ops.OPS) - 1)
         strong = ops.constant((0.0,) * self.n_weak + (1.0,) * n_strong, u.device, torch.bool).view(v, 1, 1)
@@ -129,13 +141,28 @@ class WeakStrongViews(ViewGenerator):
 
     def forward(self, batch: Batch, generator: torch.Generator) -> Views:
         with torch.autocast(batch.images.device.type, enabled=False):  # views stay float32
-            b, _, h, w = batch.images.shape
-            p = self.draw(b, h, w, generator)
-            if ops.masks_rows(batch.images.device):
-                canvases = self.render(batch.images, p)
-                views = tuple(v for c in canvases for v in fused.normalize(c, self.mean, self.std).views())
-            else:
-                n_views = self.n_weak + len(self.strong_sizes)
-                views = tuple(normalize(self.apply(batch.images, p, v), self.mean, self.std)
-                              for v in range(n_views))
-            return Views(images=views, index=batch.index, params=p)
+            b = batch.images.shape[0]
+            v = self.n_weak + len(self.strong_sizes)
+            u = torch.rand((v, b, params.COLUMNS + 3 * self.config.rounds), generator=generator,
+                           device=generator.device)
+            return self._views(batch, u)
+
+    def views_from_uniforms(self, batch: Batch, u: Tensor) -> Views:
+        """The views of ``batch`` from the step's uniforms ``u (V, B, params.COLUMNS + 3 *
+        rounds)``."""
+        _, _, h, w = batch.images.shape
+        p = self.parameters_from(u, h, w)
+        if self._fused or ops.masks_rows(batch.images.device):
+            canvases = self.render(batch.images, p)
+            views = tuple(v for c in canvases for v in fused.normalize(c, self.mean, self.std).views())
+        else:
+            n_views = self.n_weak + len(self.strong_sizes)
+            views = tuple(normalize(self.apply(batch.images, p, v), self.mean, self.std)
+                          for v in range(n_views))
+        return Views(images=views, index=batch.index, params=p)
+
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        """``torch.compile`` the views after the draw (the fused path, one graph); the
+        draw itself (``torch.rand`` on the step's generator) stays eager."""
+        self._fused = True
+        self._views = torch.compile(self.views_from_uniforms, *args, **kwargs)

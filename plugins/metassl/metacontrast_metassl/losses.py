@@ -3,6 +3,8 @@ and the large-rotation prediction loss (LLR)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import attrs
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -82,8 +84,8 @@ def local_episode(ep: Episode) -> Episode:
     targets never leave the rank."""
     offset = ep.rank * ep.batch_size
     partner = None if ep.mix_partner is None else ep.mix_partner - offset
-    return attrs.evolve(ep, labels=ep.labels - offset, n_way=ep.batch_size, rank=0, world_size=1, tasks=1,
-                        mix_partner=partner)
+    return dataclasses.replace(ep, labels=ep.labels - offset, n_way=ep.batch_size, rank=0, world_size=1,
+                               tasks=1, mix_partner=partner)
 
 
 class RotationLoss(Loss):

@@ -208,7 +208,7 @@ class AllPairsSolver(Solver):
             candidates = gather_views(z, v, episode.world_size > 1)  # (V, G, D)
             g = candidates.shape[1]
             scores = (z @ candidates.reshape(v * g, -1).T).div_(self.config.temperature)
-            layout = pair_layout(b, v, episode.rank, episode.world_size, z.device)
+            layout = episode.pair_layout or pair_layout(b, v, episode.rank, episode.world_size, z.device)
             scores = scores.masked_fill(layout.self_mask, torch.finfo(scores.dtype).min)
             if episode.mix_weight is None and layout.positive is not None:  # the other view
                 targets = layout.positive

@@ -9,7 +9,8 @@ queries, and DDP's gradient averaging makes the sum the loss of the whole episod
 
 from __future__ import annotations
 
-import attrs
+import dataclasses
+
 import torch
 from torch import Tensor
 
@@ -17,7 +18,7 @@ from metacontrast import distributed
 from metacontrast.records import Episode, ShapeError
 
 
-@attrs.frozen(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Tasks:
     """``support (n, m1 * N_t, D)`` ordered shot-major (index ``j * N_t + c``) with
     one-hot ``support_targets (n, m1 * N_t, N_t)``; local ``query (Q, D)`` with its

@@ -130,6 +130,7 @@ class MetAugLoss(OUCLLoss):
         dim = context.head_dim // self.parts
         hidden = config.mag_hidden or dim
         self.mags = nn.ModuleList(MetaFeatureAugmenter(dim, hidden) for _ in range(self.parts))
+        self.differentiates_twice = bool(config.second_order)
 
     def augment(self, parts: Tensor) -> Tensor:
         """Original parts ``(R, M, D)`` -> augmented parts ``(R, M, D)`` (unit norm)."""

@@ -8,7 +8,8 @@ their rows show the same image, a negative otherwise. Memory entries are negativ
 
 from __future__ import annotations
 
-import attrs
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -16,7 +17,7 @@ from torch import Tensor
 SIMILARITIES = ("cosine", "unit_interval")
 
 
-@attrs.frozen(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class PairSims:
     """``sims (A, C)``: anchor x candidate similarities; ``pos``, ``neg``: boolean masks
     ``(A, C)`` of the positive and negative pairs."""

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from metacontrast import distributed
 from metacontrast.interfaces import BuildContext, Loss
-from metacontrast.layout import pair_layout
+from metacontrast.layout import PairLayout, pair_layout
 from metacontrast.records import LossInputs, ShapeError
 
 
@@ -31,11 +31,12 @@ def nt_xent(z_a: Tensor, z_b: Tensor, temperature: float, *, gather: bool = True
     return nt_xent_of_views(torch.cat([z_a, z_b]), temperature, gather=gather)
 
 
-def nt_xent_of_views(z: Tensor, temperature: float, *, gather: bool = True) -> Tensor:
+def nt_xent_of_views(z: Tensor, temperature: float, *, gather: bool = True,
+                     layout: PairLayout | None = None) -> Tensor:
     """NT-Xent of ``z (2B, D)``, the projections of view 0 of B images then of view 1
     (an all-pairs episode's rows): row ``i`` and row ``i + B`` are a positive pair. 0-dim,
-    float32. Which columns are an anchor's own and its positive comes from the episode
-    layout (``metacontrast.layout.pair_layout``)."""
+    float32. Which columns are an anchor's own and its positive is the episode's
+    ``pair_layout`` (made here when not given)."""
     if z.dim() != 2 or z.shape[0] % 2:
         raise ShapeError(f"nt_xent: z must be (2B, D), two views of B images, got {tuple(z.shape)}")
     b = z.shape[0] // 2
@@ -44,7 +45,8 @@ def nt_xent_of_views(z: Tensor, temperature: float, *, gather: bool = True) -> T
     candidates = zn
     if gather and world.world_size > 1:  # (2n, D): every rank's view 0, then every rank's view 1
         candidates = torch.cat([distributed.gather_with_grad(zn[:b]), distributed.gather_with_grad(zn[b:])])
-    layout = pair_layout(b, 2, world.rank, world.world_size, z.device)
+    if layout is None:
+        layout = pair_layout(b, 2, world.rank, world.world_size, z.device)
     logits = (zn @ candidates.T).div_(temperature)  # (2b, 2n)
     logits = logits.masked_fill(layout.self_mask, torch.finfo(logits.dtype).min)
     return F.cross_entropy(logits, layout.positive)
@@ -84,4 +86,5 @@ class NTXentLoss(Loss):
                              "with soft targets)")
         emb = inputs.embeddings
         z = emb.z if not emb.online_views else torch.cat([emb.view(0, 2), emb.view(1, 2)])
-        return nt_xent_of_views(z, self.temperature, gather=self.gather)
+        layout = ep.pair_layout if self.gather or ep.world_size == 1 else None
+        return nt_xent_of_views(z, self.temperature, gather=self.gather, layout=layout)

@@ -1,0 +1,124 @@
+"""``trainer.compile``: every method's first two steps compiled and eager, from one seed.
+
+``step`` compiles the view generation (after the draw) and the model's forward (encoder,
+head, solver, losses) into one graph each, without graph breaks; MetAug's second-order
+step keeps its model eager (``torch.compile``'s autograd cannot differentiate twice). The
+eager reference runs the same fused view path an accelerator runs (``ops.selection
+("mask")``), so the two agree to float rounding: views and loss terms within 1e-5
+(absolute and relative) with the ``aot_eager`` backend, which traces and functionalises
+the step as inductor does and runs the traced operations; 1e-4 with ``inductor``, whose
+fused kernels round differently (one method, for its compile time).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from metacontrast import compiling
+from metacontrast.config import ConfigError, compose_config
+from metacontrast.guards import StepHealth
+from metacontrast.records import Batch
+from metacontrast.trainer import forward_backward, setup, update_after_backward
+from metacontrast_kornia import ops
+
+from .conftest import TINY
+
+BASE = [o for o in TINY if not o.startswith("eval.")]
+STRONG = ["encoder.pool=avg", "views.strong_sizes=[16]"]
+METHODS = {
+    "simclr": ["views=simclr_cifar"],
+    "protonet": ["method=protonet", "views=simclr_cifar"],
+    "r2d2": ["method=r2d2", "views=simclr_cifar"],
+    "byol": ["method=byol", "views=simclr_cifar"],
+    "moco_v2": ["method=moco_v2", "views=moco_v2_cifar"],
+    "clsa_single": ["method=clsa_single", "views=clsa_single_cifar", *STRONG],
+    "clsa_multi": ["method=clsa_multi", "views=clsa_multi_cifar", *STRONG, "views.strong_sizes=[24,16]"],
+    "metaug": ["experiment=metaug_cifar10/metaug", "encoder.width=0.125", "memory.read_size=64"],
+}
+
+
+@pytest.fixture(scope="module")
+def colour_npz(tmp_path_factory) -> str:
+    g = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("colour") / "colour.npz"
+    np.savez(path, x_train=g.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), y_train=g.integers(0, 4, 64),
+             x_test=g.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8), y_test=g.integers(0, 4, 16))
+    return str(path)
+
+
+def two_steps(overrides: list[str], tmp_path, compile: str = "off", backend: str = "aot_eager"):
+    """Views and loss terms of the first two steps, and the compile report."""
+    compiling.reset()
+    cfg = compose_config([*BASE, *overrides, "trainer.device=cpu", "trainer.precision=fp32",
+                          f"trainer.compile={compile}", f"trainer.compile_backend={backend}",
+                          f"trainer.run_dir={tmp_path}"])
+    run = setup(cfg)
+    step_fn = run.plugins.make_train_step(cfg, run.components)
+    views = []
+    run.components.view_generator.register_forward_hook(
+        lambda module, args, out: views.append([v.detach().clone() for v in out.images]))
+    terms = []
+    b = int(cfg.trainer.batch_size)
+    for step in range(2):
+        batch = Batch(images=run.data.train_images[step * b:(step + 1) * b], index=torch.arange(b) + step * b)
+        health = StepHealth(run.device)
+        terms.append({k: v.detach() for k, v in forward_backward(run, step_fn, batch, health).terms.items()})
+        assert update_after_backward(run, step_fn, health)
+        run.position.step += 1
+        if run.compile_watch is not None:
+            run.compile_watch.first_step_done()
+    return views, terms, (run.compile_watch.report() if run.compile_watch else None)
+
+
+def assert_same_steps(eager, compiled, tolerance: float) -> None:
+    (views_e, terms_e, _), (views_c, terms_c, _) = eager, compiled
+    for step, (ve, vc) in enumerate(zip(views_e, views_c, strict=True)):
+        for v, (a, b) in enumerate(zip(ve, vc, strict=True)):
+            torch.testing.assert_close(b, a, rtol=tolerance, atol=tolerance,
+                                       msg=lambda m, s=step, v=v: f"step {s} view {v}: {m}")
+    for step, (te, tc) in enumerate(zip(terms_e, terms_c, strict=True)):
+        assert te.keys() == tc.keys()
+        for name in te:
+            torch.testing.assert_close(tc[name], te[name], rtol=tolerance, atol=tolerance,
+                                       msg=lambda m, s=step, n=name: f"step {s} term {n}: {m}")
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_a_compiled_step_makes_the_views_and_losses_of_the_eager_step(method, colour_npz, tmp_path):
+    overrides = [*METHODS[method], "data=npz", f"data.root={colour_npz}"]
+    with ops.selection("mask"):
+        eager = two_steps(overrides, tmp_path / "eager")
+    compiled = two_steps(overrides, tmp_path / "compiled", compile="step")
+    assert_same_steps(eager, compiled, 1e-5)
+    report = compiled[2]
+    assert report.graph_breaks == {} and report.recompiles == 0, report.summary()
+    if method == "metaug":  # the views compiled, the model eager
+        assert report.graphs == 1 and "differentiates twice" in report.eager[0]
+    else:  # the views and the model's forward, one graph each
+        assert report.graphs == 2 and report.eager == []
+
+
+def test_inductor_compiles_the_simclr_step_to_the_same_values(colour_npz, tmp_path):
+    overrides = [*METHODS["simclr"], "data=npz", f"data.root={colour_npz}"]
+    with ops.selection("mask"):
+        eager = two_steps(overrides, tmp_path / "eager")
+    compiled = two_steps(overrides, tmp_path / "compiled", compile="step", backend="inductor")
+    assert_same_steps(eager, compiled, 1e-4)
+    assert compiled[2].graph_breaks == {} and compiled[2].graphs == 2
+
+
+def test_compile_encoder_compiles_only_the_encoder(colour_npz, tmp_path):
+    overrides = [*METHODS["simclr"], "data=npz", f"data.root={colour_npz}"]
+    eager = two_steps(overrides, tmp_path / "eager")  # the CPU's own view path on both sides
+    compiled = two_steps(overrides, tmp_path / "compiled", compile="encoder")
+    assert_same_steps(eager, compiled, 1e-5)
+    assert compiled[2].graphs == 1
+
+
+def test_compile_modes_are_checked_and_earlier_booleans_still_mean_something():
+    assert compiling.compile_mode(True) == "encoder" and compiling.compile_mode("false") == "off"
+    assert compiling.compile_mode("step") == "step"
+    with pytest.raises(ConfigError, match=r"trainer.compile: unknown mode 'graph'; available: off, encoder, step"):
+        compiling.compile_mode("graph")

@@ -1,0 +1,105 @@
+"""``trainer.cuda_graphs`` without a GPU: the refusals, and the captured step's structure.
+
+CUDA graphs need a GPU. What a CPU can check: every option that cannot be captured is
+refused naming it; a step that makes the host wait is found during the warm-up and
+refused naming the place; and the two-graph step (static input buffers, learning rates
+and the teacher's momentum held in device tensors, the read between the graphs, skipped
+steps) trains exactly as the eager loop does when each "replay" runs the captured
+function again (``graphs.RerunCapture``). On a GPU, ``benchmarks/gpu_session.sh`` runs the
+real capture.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from metacontrast import graphs
+from metacontrast.config import ConfigError, compose_config
+from metacontrast.metrics import MetricsLogger
+from metacontrast.trainer import setup, train_steps
+from metacontrast_kornia import ops
+
+from .conftest import TINY
+
+
+def test_capture_is_refused_where_it_cannot_work_naming_the_option():
+    cuda = torch.device("cuda", 0)
+    cases = [
+        ((torch.device("cpu"), 1, 1, None), "this run's device is cpu"),
+        ((cuda, 2, 1, None), "2 processes"),
+        ((cuda, 1, 4, None), "trainer.accumulate=4"),
+        ((cuda, 1, 1, torch.float16), "trainer.precision=fp16"),
+    ]
+    for args, message in cases:
+        with pytest.raises(ConfigError, match=f"trainer.cuda_graphs: .*{message}"):
+            graphs.check_capturable(*args)
+    graphs.check_capturable(cuda, 1, 1, torch.bfloat16)  # a capturable run
+
+
+def test_setup_refuses_cuda_graphs_on_the_cpu(tmp_path):
+    cfg = compose_config([*TINY, "trainer.cuda_graphs=true", f"trainer.run_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="trainer.cuda_graphs: CUDA graphs capture GPU kernels; this run's "
+                                          "device is cpu"):
+        setup(cfg)
+
+
+@pytest.fixture(scope="module")
+def colour_npz(tmp_path_factory) -> str:
+    g = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("colour") / "colour.npz"
+    np.savez(path, x_train=g.integers(0, 256, (96, 32, 32, 3), dtype=np.uint8), y_train=g.integers(0, 4, 96),
+             x_test=g.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8), y_test=g.integers(0, 4, 16))
+    return str(path)
+
+
+def _train(overrides: list[str], run_dir, graphed: bool, monkeypatch, steps: int = 6):
+    cfg = compose_config([*TINY, *overrides, f"trainer.max_steps={steps}", "trainer.precision=fp32",
+                          "trainer.log_every=1000", "trainer.checkpoint_every=0", f"trainer.run_dir={run_dir}"])
+    run = setup(cfg)
+    if graphed:  # as on a GPU, with each replay running the captured function again
+        run.cfg.trainer.cuda_graphs = True
+        monkeypatch.setattr(graphs, "default_capture", lambda run: graphs.RerunCapture())
+    losses = []
+    run.plugins.hooks.register(type("Watch", (), {"metacontrast_on_step_end": staticmethod(
+        graphs_hookimpl(lambda state: losses.append(float(state.terms.total))))})(), "watch")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with ops.selection("mask"):
+        train_steps(run, MetricsLogger(run_dir, enabled=False, total_steps=steps, initial_step=0, progress=False,
+                                       tensorboard=False))
+    return run, losses
+
+
+def graphs_hookimpl(fn):
+    from metacontrast import hookimpl
+
+    return hookimpl(specname="metacontrast_on_step_end")(lambda state: fn(state))
+
+
+@pytest.mark.parametrize("method", [["views=simclr_cifar"], ["method=byol", "views=simclr_cifar"],
+                                    ["method=moco_v2", "views=moco_v2_cifar"]])
+def test_the_captured_step_trains_exactly_as_the_eager_loop(method, colour_npz, tmp_path, monkeypatch):
+    overrides = [*method, "data=npz", f"data.root={colour_npz}"]
+    eager, eager_losses = _train(overrides, tmp_path / "eager", False, monkeypatch)
+    graphed, graphed_losses = _train(overrides, tmp_path / "graphed", True, monkeypatch)
+    assert len(eager_losses) == 6 and graphed_losses == eager_losses
+    for (name, a), b in zip(eager.model.state_dict().items(), graphed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    lr = graphed.optimizer.param_groups[0]["lr"]
+    assert isinstance(lr, torch.Tensor) and float(lr) == pytest.approx(eager.optimizer.param_groups[0]["lr"], rel=1e-6)
+    if graphed.model.teacher is not None:
+        assert graphed.model.teacher.blend_weight is not None
+
+
+def test_a_step_that_waits_for_the_device_is_refused_naming_the_place(colour_npz, tmp_path, monkeypatch):
+    cfg = compose_config([*TINY, "views=simclr_cifar", "data=npz", f"data.root={colour_npz}", "trainer.max_steps=4",
+                          f"trainer.run_dir={tmp_path}"])
+    run = setup(cfg)
+    run.cfg.trainer.cuda_graphs = True
+    monkeypatch.setattr(graphs, "default_capture", lambda run: graphs.RerunCapture())
+    logger = MetricsLogger(tmp_path, enabled=False, total_steps=4, initial_step=0, progress=False, tensorboard=False)
+    with ops.selection("subset"), pytest.raises(ConfigError, match=r"trainer.cuda_graphs: the step makes the host "
+                                                                   r"wait for the device at ops.py:\d+"):
+        train_steps(run, logger)  # the CPU's own view path finds its rows with nonzero
+    assert run.position.step == 2  # the warm-up steps ran, the third was to be captured
