@@ -13,7 +13,9 @@ from typing import Any
 
 import torch
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+# the document the scripts' --write records into (a dry run points it at a scratch copy)
+DOCS = Path(os.environ.get("METACONTRAST_BENCHMARKS_DOC",
+                           Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"))
 
 
 def machine() -> str:

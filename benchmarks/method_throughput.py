@@ -30,6 +30,7 @@ import json
 import resource
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,7 +40,7 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from _report import best_of_rounds, machine, markdown_table, record, train_step
 
 from metacontrast import trainer
-from metacontrast.config import compose_config
+from metacontrast.config import ConfigError, compose_config
 from metacontrast.records import Batch
 
 # the SimCLR experiment's nt_xent setting is switched off for every other method (it would
@@ -61,10 +62,18 @@ METAUG = {"metaug": ["experiment=metaug_cifar10/metaug"]}
 DEFAULT_METHODS = ",".join([*METHODS, *METAUG])
 
 
+VARIANTS = {"eager": "", "graphs": "+graphs", "compiled": "+compile", "compiled+graphs": "+compile+graphs"}
+
+
 def overrides(args: argparse.Namespace, name: str) -> list[str]:
-    """``name`` is a method of METHODS or METAUG; ``NAME+compile`` adds ``trainer.compile=true``."""
+    """``name`` is a method of METHODS or METAUG; ``+compile`` adds ``trainer.compile=step``,
+    ``+graphs`` ``trainer.cuda_graphs=true`` (a GPU only)."""
+    if name.endswith("+graphs"):
+        return [*overrides(args, name.removesuffix("+graphs")), "trainer.cuda_graphs=true"]
     if name.endswith("+compile"):
-        return [*overrides(args, name.removesuffix("+compile")), "trainer.compile=true"]
+        backend = getattr(args, "compile_backend", "inductor")
+        return [*overrides(args, name.removesuffix("+compile")), "trainer.compile=step",
+                f"trainer.compile_backend={backend}"]
     if name in METAUG:
         extra, batch = METAUG[name], min(args.batch, 64)
     else:
@@ -81,7 +90,23 @@ def build(args: argparse.Namespace, name: str) -> tuple[Any, Any]:
     step_fn = run.plugins.make_train_step(cfg, run.components)
     b = int(cfg.trainer.batch_size)
     batch = Batch(images=run.data.train_images[:b].to(run.device), index=torch.arange(b, device=run.device))
-    return run, (lambda: train_step(run, step_fn, batch))
+    if not cfg.trainer.cuda_graphs:
+        return run, (lambda: train_step(run, step_fn, batch))
+    from metacontrast.graphs import GraphedStep
+
+    graphed = GraphedStep(run, step_fn)
+
+    def step() -> None:
+        if graphed.ready:
+            graphed.step(batch)
+            return
+        with graphed.warming_up():
+            train_step(run, step_fn, batch)
+        graphed.eager_step_done(batch)
+
+    for _ in range(int(cfg.trainer.cuda_graph_warmup)):  # eager warm-up steps, then the capture
+        step()
+    return run, step
 
 
 def encoder_calls(run: Any, step: Any) -> list[tuple[nn.Module, torch.Size, torch.dtype, bool]]:
@@ -101,27 +126,46 @@ def encoder_calls(run: Any, step: Any) -> list[tuple[nn.Module, torch.Size, torc
     return calls
 
 
-def ceiling(run: Any, calls: list[tuple[nn.Module, torch.Size, torch.dtype, bool]]) -> Any:
+Calls = list[tuple[nn.Module, torch.Size, torch.dtype, bool]]
+
+
+def ceiling(run: Any, calls: Calls, how: str = "eager") -> Any:
     """The bare passes: each recorded call on a random input of its shape, then one
-    backward through the outputs of the calls that had gradients."""
+    backward through the outputs of the calls that had gradients. ``how``: ``eager``;
+    ``compiled`` (each encoder through ``torch.compile``); ``graphs`` (the eager passes
+    captured as one CUDA graph)."""
     fmt = torch.channels_last if run.model.channels_last else torch.contiguous_format
     inputs = [torch.randn(shape, device=run.device).to(dtype).contiguous(memory_format=fmt)
               if len(shape) == 4 else torch.randn(shape, device=run.device).to(dtype)
               for _, shape, dtype, _ in calls]
+    modules = {id(m): m for m, _, _, _ in calls}
+    if how == "compiled":
+        modules = {k: torch.compile(m, dynamic=False) for k, m in modules.items()}
 
     def passes() -> None:
         outputs = []
         with run.autocast():  # one region, as the step's forward: weights are cast once
             for (module, _, _, grad), x in zip(calls, inputs, strict=True):
                 with torch.set_grad_enabled(grad):
-                    h = module(x)
+                    h = modules[id(module)](x)
                 if grad:
                     outputs.append(h)
         if outputs:
             sum(h.float().square().mean() for h in outputs).backward()
         run.model.zero_grad(set_to_none=True)
 
-    return passes
+    if how != "graphs":
+        return passes
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            passes()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        passes()
+    return graph.replay
 
 
 def online_view_images(calls: list[tuple[nn.Module, torch.Size, torch.dtype, bool]]) -> int:
@@ -207,8 +251,13 @@ def main() -> None:
     p.add_argument("--memory-batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=1, help="steps per timing")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best is kept")
-    p.add_argument("--methods", default=DEFAULT_METHODS,
-                   help="comma-separated; NAME+compile measures NAME with trainer.compile=true")
+    p.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated")
+    p.add_argument("--variants", default="eager",
+                   help="comma-separated: eager, graphs (trainer.cuda_graphs=true, a GPU only), compiled "
+                        "(trainer.compile=step), compiled+graphs")
+    p.add_argument("--compile-backend", default="inductor")
+    p.add_argument("--section", default="", help="the docs section --write replaces (default by device)")
+    p.add_argument("--json", default="", help="also write the step times (ms) per method and variant here")
     p.add_argument("--memory", action="store_true",
                    help="CPU: measure each method's peak memory in a fresh process instead of timing")
     p.add_argument("--memory-of", help=argparse.SUPPRESS)
@@ -217,75 +266,111 @@ def main() -> None:
     if args.memory_of:
         print(json.dumps(memory_of(args, args.memory_of)))
         return
-    names = args.methods.split(",")
+    methods = args.methods.split(",")
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"--variants: unknown {unknown}; available: {', '.join(VARIANTS)}")
     cuda = trainer.resolve_device(args.device).type == "cuda"
     if args.memory and not cuda:
-        cpu_memory_table(args, names)
+        cpu_memory_table(args, methods)
         return
+    if any("graphs" in v for v in variants) and not cuda:
+        raise SystemExit("--variants graphs: CUDA graphs need a GPU (--device cuda)")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     fns: dict[str, Any] = {}
     info: dict[str, dict[str, Any]] = {}
-    for name in names:
+    refused: dict[str, str] = {}
+    for method in methods:
         allocated = torch.cuda.memory_allocated() if cuda else 0
-        run, step = build(args, name)
+        run, step = build(args, method)
         step()  # warm-up: lazily built state (queues, optimizer buffers)
         calls = encoder_calls(run, step)
         sync()
         dtype = trainer.resolve_precision(str(run.cfg.trainer.precision), run.device)
-        info[name] = {"views": online_view_images(calls), "calls": describe_calls(calls, run.model.encoder),
-                      "precision": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")}
+        info[method] = {"views": online_view_images(calls), "calls": describe_calls(calls, run.model.encoder),
+                        "precision": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")}
         if cuda:
-            info[name]["resident_mib"] = (torch.cuda.memory_allocated() - allocated) / 2**20
+            info[method]["resident_mib"] = (torch.cuda.memory_allocated() - allocated) / 2**20
             torch.cuda.reset_peak_memory_stats()
             step()
             sync()
-            info[name]["peak_mib"] = (torch.cuda.max_memory_allocated() - allocated) / 2**20
-        fns[name] = lambda step=step: (step(), sync())
-        passes = ceiling(run, calls)
-        fns[f"{name}/ceiling"] = lambda passes=passes: (passes(), sync())
+            info[method]["peak_mib"] = (torch.cuda.max_memory_allocated() - allocated) / 2**20
+        fns[f"{method}/eager"] = lambda step=step: (step(), sync())
+        ceilings = ["eager"] + [how for how in ("compiled", "graphs") if any(how in v for v in variants)]
+        for how in ceilings:
+            passes = ceiling(run, calls, how)
+            fns[f"{method}/bare {how}"] = lambda passes=passes: (passes(), sync())
+        for variant in variants:
+            if variant == "eager":
+                continue
+            try:
+                _, variant_step = build(args, method + VARIANTS[variant])
+                variant_step()
+            except ConfigError as err:  # e.g. a step that cannot be captured
+                refused[f"{method}/{variant}"] = str(err)
+                continue
+            fns[f"{method}/{variant}"] = lambda step=variant_step: (step(), sync())
         gc.collect()
     best = best_of_rounds(fns, args.steps, args.rounds)
     rows = []
-    simclr = best.get("simclr")
-    for name in names:
-        t, c = best[name], best[f"{name}/ceiling"]
-        rows.append([label_of(args, name), info[name]["calls"], f"{1000 * t:.0f}",
-                     f"{info[name]['views'] / t:.0f}", f"{1000 * c:.0f}", f"{c / t:.2f}",
-                     f"{t / simclr:.2f}" if simclr else "-"])
-        if cuda:
-            rows[-1].append(f"{info[name]['resident_mib']:.0f} / {info[name]['peak_mib']:.0f}")
-    header = ["method", "encoder passes per step (images x size)", "full step (ms)",
-              "online view-img/s", "bare passes (ms)", "ceiling / step", "step / SimCLR step"]
+    simclr = best.get("simclr/eager")
+    for method in methods:
+        bare = {k.split("/bare ", 1)[1]: v for k, v in best.items() if k.startswith(f"{method}/bare ")}
+        how, c = min(bare.items(), key=lambda kv: kv[1])
+        for variant in variants:
+            key = f"{method}/{variant}"
+            if key in refused:
+                rows.append([label_of(args, method), info[method]["calls"], variant,
+                             f"refused: {refused[key][:120]}", "-", f"{1000 * c:.1f} ({how})", "-", "-"])
+                continue
+            t = best[key]
+            rows.append([label_of(args, method), info[method]["calls"], variant, f"{1000 * t:.1f}",
+                         f"{info[method]['views'] / t:.0f}", f"{1000 * c:.1f} ({how})", f"{c / t:.2f}",
+                         f"{t / simclr:.2f}" if simclr else "-"])
+            if cuda and variant == "eager":
+                rows[-1].append(f"{info[method]['resident_mib']:.0f} / {info[method]['peak_mib']:.0f}")
+            elif cuda:
+                rows[-1].append("")
+    header = ["method", "encoder passes per step (images x size)", "variant", "full step (ms)",
+              "online view-img/s", "best bare passes (ms, variant)", "ceiling / step",
+              "step / SimCLR eager step"]
     if cuda:
-        header.append("memory MiB: resident / step peak (CUDA allocator)")
-    precision = info[names[0]]["precision"]
-    compiled = any(n.endswith("+compile") for n in names)
-    title = ("The encoder compiled (`trainer.compile=true`) against eager" if compiled
-             else "Every method's step vs its bare network passes")
+        header.append("memory MiB: resident / step peak (CUDA allocator, eager)")
+    precision = info[methods[0]]["precision"]
+    backend = "" if args.compile_backend == "inductor" else f" --compile-backend {args.compile_backend}"
+    variant_text = "" if variants == ["eager"] else f" --variants {args.variants}{backend}"
+    method_text = "" if args.methods == DEFAULT_METHODS else f" --methods {args.methods}"
     body = "\n".join([
-        f"### {title} ({'CUDA' if cuda else 'CPU'})",
+        f"### Every method's step vs its bare network passes ({'CUDA' if cuda else 'CPU'})",
         "",
         f"Command: `.venv/bin/python benchmarks/method_throughput.py --data-root {args.data_root} "
-        f"--batch {args.batch} --device {args.device}"
-        + ("" if args.methods == DEFAULT_METHODS else f" --methods {args.methods}") + " --write`",
+        f"--batch {args.batch} --device {args.device}{method_text}{variant_text} --write`",
         "",
         f"Machine: {machine()}. ResNet-18 (CIFAR stem) at batch {args.batch} unless named, "
         f"precision {precision}, channels_last, best of {args.rounds} interleaved rounds of "
-        f"{args.steps} step(s).",
+        f"{args.steps} step(s). Variants: eager; graphs (`trainer.cuda_graphs=true`); compiled "
+        f"(`trainer.compile=step`, backend {args.compile_backend}); compiled+graphs (both).",
         "",
         markdown_table(header, rows),
         "",
         "The full step is the trainer's (views on the device, encoder, head, solver, losses, "
         "finite-ness guard, backward, optimizer, scheduler, EMA update, memory write). The bare "
         "passes replay the encoder calls that step made (recorded by hooks) on the bare online "
-        "and teacher encoders, so `ceiling / step` near 1 means the framework adds little to "
-        "the network's own cost. MetAug's step also differentiates through its first gradient "
-        "(second order), which no forward+backward ceiling contains.",
+        "and teacher encoders, eager, compiled and (on a GPU) captured as one CUDA graph, in the "
+        "variants the run measures; the ceiling is the fastest of them, so `ceiling / step` near 1 "
+        "means the framework adds little to the network's own best cost. MetAug's step also "
+        "differentiates through its first gradient (second order), which no forward+backward "
+        "ceiling contains.",
     ])
     print(body)
-    if args.write:  # a run with compiled variants is recorded apart from the full table
-        kind = "compile_effect" if any(n.endswith("+compile") for n in names) else "method_throughput"
-        record(f"{kind}_{'cuda' if cuda else 'cpu'}", body)
+    if args.json:
+        times = {key: round(1000 * t, 3) for key, t in best.items()}
+        Path(args.json).write_text(json.dumps({"times_ms": times, "refused": refused}, indent=2))
+    if args.write:
+        section = args.section or (f"method_throughput_{'cuda' if cuda else 'cpu'}" if variants == ["eager"]
+                                   else f"compile_effect_{'cuda' if cuda else 'cpu'}")
+        record(section, body)
 
 
 if __name__ == "__main__":

@@ -103,3 +103,25 @@ def test_a_step_that_waits_for_the_device_is_refused_naming_the_place(colour_npz
                                                                    r"wait for the device at ops.py:\d+"):
         train_steps(run, logger)  # the CPU's own view path finds its rows with nonzero
     assert run.position.step == 2  # the warm-up steps ran, the third was to be captured
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_on_a_gpu_the_captured_step_trains_as_the_eager_one(colour_npz, tmp_path):
+    """Real capture and replay (``benchmarks/gpu_session.sh`` runs this): deterministic
+    kernels, so the replayed steps may differ from the eager ones only by the rounding of
+    LARS's device learning rate."""
+    losses = {}
+    for graphed in (False, True):
+        run_dir = tmp_path / ("graphed" if graphed else "eager")
+        cfg = compose_config([*TINY, "views=simclr_cifar", "data=npz", f"data.root={colour_npz}", "trainer.device=cuda",
+                              "trainer.max_steps=6", "trainer.log_every=1", "trainer.deterministic=true",
+                              f"trainer.cuda_graphs={str(graphed).lower()}", f"trainer.run_dir={run_dir}"])
+        run = setup(cfg)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        train_steps(run, MetricsLogger(run_dir, enabled=True, total_steps=6, initial_step=0, progress=False,
+                                       tensorboard=False))
+        import json
+
+        losses[graphed] = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses[True]) == 6
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)

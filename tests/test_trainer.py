@@ -11,7 +11,7 @@ from metacontrast import hookimpl
 from metacontrast.config import ConfigError, compose_config
 from metacontrast.interfaces import Loss
 from metacontrast.plugins import PluginManager, as_module
-from metacontrast.trainer import TrainingError, fit, resolve_device, resolve_precision
+from metacontrast.trainer import TrainingError, fit, resolve_device, resolve_precision, setup
 
 from .conftest import TINY
 
@@ -224,3 +224,44 @@ def test_a_training_step_reads_the_device_once(tmp_path, monkeypatch):
     train_steps(run, logger)
     # one flags read per step, plus one read of the metrics row at the last step
     assert reads == ["tolist"] * (steps + 1), reads
+
+
+def test_time_to_target_is_recorded_and_can_end_pre_training(tmp_path):
+    """A periodic metric reaching ``evaluation.target_value`` is recorded with the epoch,
+    step and the training loop's wall-clock; ``stop_at_target`` ends pre-training there.
+    Every logged row carries the wall-clock, which only grows."""
+    from metacontrast.report import write_report
+
+    run_dir = tmp_path / "run"
+    cfg = compose_config([*TINY, "trainer.max_steps=0", "trainer.epochs=5", "data.train_subset=64",
+                          "trainer.eval_every_epochs=2", "evaluation.periodic=[knn]", "evaluation.baselines=[]",
+                          "evaluation.target_metric=knn_top1", "evaluation.target_value=0.0",
+                          "evaluation.stop_at_target=true", f"trainer.run_dir={run_dir}"])
+    results = fit(cfg)
+    target = results["time_to_target"]
+    assert target["reached"] and target["metric"] == "knn_top1" and target["epoch"] == 2
+    assert results["epochs"] == 2 and results["steps"] == target["step"] == 8  # stopped at the first evaluation
+    rows = _rows(run_dir)
+    clock = [r["wall_clock_s"] for r in rows]
+    assert clock == sorted(clock) and 0 < target["wall_clock_s"] <= results["train_loop_s"]
+    report = write_report([run_dir]).read_text()
+    assert "time to target" in report and "knn_top1 >= 0.0" in report and "(epoch 2)" in report
+    assert json.loads((run_dir / "results.json").read_text())["time_to_target"] == target
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["evaluation.stop_at_target=true"], "evaluation.stop_at_target: needs evaluation.target_metric"),
+    (["evaluation.target_metric=knn_top1"], "set trainer.eval_every_epochs > 0"),
+])
+def test_bad_targets_name_the_key(overrides, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        setup(compose_config([*TINY, *overrides, f"trainer.run_dir={tmp_path}"]))
+
+
+def test_a_target_no_evaluator_measures_is_named(tmp_path):
+    cfg = compose_config([*TINY, "trainer.max_steps=0", "trainer.epochs=1", "data.train_subset=32",
+                          "trainer.eval_every_epochs=1", "evaluation.periodic=[knn]", "evaluation.baselines=[]",
+                          "evaluation.target_metric=linear_top1", f"trainer.run_dir={tmp_path / 'run'}"])
+    with pytest.raises(ConfigError, match="evaluation.target_metric: 'linear_top1' is not measured by the periodic "
+                                          "evaluators; they give knn_top1, knn_top5"):
+        fit(cfg)

@@ -162,7 +162,10 @@ class EvaluationConfig:
     their best value and its epoch are reported next to the last. ``projection_points``:
     test rows in the 2-D PCA projection saved for ``metacontrast report`` (0: none).
     ``sharded``: under DDP, every rank extracts its share of the periodic evaluation's
-    frozen features (rank 0 alone otherwise); the evaluators run on rank 0."""
+    frozen features (rank 0 alone otherwise); the evaluators run on rank 0.
+    ``target_metric``/``target_value``: a periodic metric and the value whose first
+    reaching (epoch, step, wall-clock of the training loop) ``results.json`` records as
+    ``time_to_target``; ``stop_at_target``: end pre-training there."""
 
     baselines: list[str] = field(default_factory=lambda: ["random_init", "raw_pixels"])
     train_subset: int = 0
@@ -170,6 +173,9 @@ class EvaluationConfig:
     periodic: Optional[list[str]] = None  # noqa: UP045
     projection_points: int = 2000
     sharded: bool = True
+    target_metric: str = ""
+    target_value: float = 0.0
+    stop_at_target: bool = False
 
 
 @dataclass

@@ -227,6 +227,9 @@ def build_markdown(groups: Sequence[Sequence[RunRecord]], plots: dict[str, list[
     header += [f"{m} [{protocol_of(m, protocols_all)}, last]" for m in metrics]
     best_metrics = [m for m in metrics if any(m in r.results.get("best_metrics", {}) for r in runs)]
     header += [f"{m} [best]" for m in best_metrics]
+    targeted = any(r.results.get("time_to_target") for r in runs)
+    if targeted:
+        header.append("time to target")
     rows = []
     for g in groups:
         r = g[0].results
@@ -240,6 +243,8 @@ def build_markdown(groups: Sequence[Sequence[RunRecord]], plots: dict[str, list[
             vals = [run.results["metrics"].get("pretrained", {}).get(m) for run in g]
             row.append(format_value([v for v in vals if v is not None], is_accuracy(m)))
         row += [_best_cell(g, m) for m in best_metrics]
+        if targeted:
+            row.append(_time_to_target_cell(g))
         rows.append(row)
     lines += ["## Results", "", *markdown_table(header, rows), ""]
     baseline_rows = []
@@ -273,6 +278,22 @@ def build_markdown(groups: Sequence[Sequence[RunRecord]], plots: dict[str, list[
             lines += [f"## {title}", "", *[f"![{Path(p).stem}]({p})" for p in plots[section]], ""]
     lines += ["## Runs", "", *[f"- `{run.path}`" for run in runs], ""]
     return "\n".join(lines)
+
+
+def _time_to_target_cell(group: Sequence[RunRecord]) -> str:
+    """E.g. ``knn_top1 >= 85.0: 7.4 min (epoch 160)``, or ``not reached (88.2 max)``."""
+    cells = []
+    for run in group:
+        target = run.results.get("time_to_target")
+        if not target:
+            cells.append("–")
+            continue
+        goal = f"{target['metric']} >= {100 * target['target']:.1f}"
+        if target.get("reached"):
+            cells.append(f"{goal}: {_duration(target['wall_clock_s'])} (epoch {target['epoch']})")
+        else:
+            cells.append(f"{goal}: not reached")
+    return "; ".join(cells)
 
 
 def _duration(seconds: float) -> str:

@@ -58,27 +58,36 @@ def plot_curves(runs: Sequence[RunRecord], path: Path) -> bool:
 
 
 def plot_evaluations(runs: Sequence[RunRecord], path: Path) -> bool:
-    """The periodic evaluations (``eval/<metric>`` rows of metrics.jsonl) over epochs:
-    top-1 metrics, one line per run and metric. False when there are none."""
+    """The periodic evaluations (``eval/<metric>`` rows of metrics.jsonl): top-1 metrics
+    over epochs and, where the rows carry it, over the training loop's wall-clock minutes
+    (time to accuracy), one line per run and metric. False when there are none."""
     series = []
     for run in runs:
         rows = [r for r in run.rows if any(k.startswith("eval/") for k in r)]
         names = sorted({k for r in rows for k in r if k.startswith("eval/") and k.endswith("top1")})
         for name in names:
-            points = [(r["epoch"], 100 * r[name]) for r in rows if name in r]
-            series.append((f"{run.label}: {name[5:]}", points))
+            by_epoch = [(r["epoch"], 100 * r[name]) for r in rows if name in r]
+            by_time = [(r["wall_clock_s"] / 60, 100 * r[name]) for r in rows
+                       if name in r and "wall_clock_s" in r]
+            series.append((f"{run.label}: {name[5:]}", by_epoch, by_time))
     if not series:
         return False
-    fig, axes = _figure(CURVES_SIZE)
-    ax = axes[0][0]
-    for label, points in series:
-        ax.plot(*zip(*points, strict=True), marker="o", markersize=3, linewidth=1.2, label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("evaluations during pre-training")
-    ax.grid(alpha=0.3)
+    timed = any(by_time for _, _, by_time in series)
+    fig, axes = _figure(CURVES_SIZE, ncols=2 if timed else 1)
+    panels = [(axes[0][0], 1, "epoch", "evaluations during pre-training")]
+    if timed:
+        panels.append((axes[0][1], 2, "training wall-clock (minutes)", "accuracy against wall-clock"))
+    for ax, column, xlabel, title in panels:
+        for entry in series:
+            points = entry[column]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", markersize=3, linewidth=1.2, label=entry[0])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
     if len(series) <= 12:
-        ax.legend(fontsize=7)
+        axes[0][0].legend(fontsize=7)
     _save(fig, path)
     return True
 

@@ -170,6 +170,12 @@ class Run:
     best_metrics: dict[str, dict[str, float]] = attrs.field(factory=dict)
     eval_details: dict[str, Any] = attrs.field(factory=dict)
     compile_watch: CompileWatch | None = None
+    # evaluation.target_metric's first periodic value at or above target_value
+    target_reached: dict[str, Any] | None = None
+    # seconds spent in the training loop (steps, periodic evaluations, checkpoints), added up
+    # over every process that resumed the run; clock: (perf_counter, elapsed_s) at this loop's start
+    elapsed_s: float = 0.0
+    clock: tuple[float, float] = (0.0, 0.0)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -209,6 +215,13 @@ def setup(cfg: DictConfig, plugins: PluginManager | None = None) -> Run:
     allowed_targets = plugins.allowed_targets()
     check_targets(cfg, allowed_targets, source="the config")  # before anything is built
 
+    ev = cfg.evaluation
+    if ev.stop_at_target and not str(ev.target_metric):
+        raise ConfigError("evaluation.stop_at_target: needs evaluation.target_metric (e.g. knn_top1) and "
+                          "evaluation.target_value")
+    if str(ev.target_metric) and int(t.eval_every_epochs) <= 0:
+        raise ConfigError(f"evaluation.target_metric: {ev.target_metric} is watched in the periodic "
+                          f"evaluations; set trainer.eval_every_epochs > 0")
     if cfg.data.stream and int(cfg.evaluation.train_subset) <= 0:
         raise ConfigError("evaluation.train_subset: a streamed dataset (data.stream=true) needs a "
                           "cap on the labelled train images held in memory for evaluation")
@@ -276,6 +289,8 @@ def state_payload(run: Run) -> dict[str, Any]:
         "rng": distributed.all_gather_object(rng_state({"augment": run.generator})),
         "baseline_metrics": run.baseline_metrics,
         "best_metrics": run.best_metrics,
+        "target_reached": run.target_reached,
+        "elapsed_s": run.elapsed_s,
     }
     if run.scaler is not None:
         payload["scaler"] = run.scaler.state_dict()
@@ -334,6 +349,8 @@ def restore(run: Run, path: Path, payload: dict[str, Any]) -> None:
     run.position = Position(**payload["position"])
     run.baseline_metrics = dict(payload.get("baseline_metrics", {}))
     run.best_metrics = dict(payload.get("best_metrics", {}))
+    run.target_reached = payload.get("target_reached")
+    run.elapsed_s = float(payload.get("elapsed_s", 0.0))
 
 
 # -- evaluation -----------------------------------------------------------------------
@@ -501,6 +518,7 @@ def _metrics_row(run: Run, terms: LossTerms, images: int, seconds: float) -> dic
         "lr": float(run.optimizer.param_groups[0]["lr"]),
         "images_per_s": images * run.world.world_size / max(seconds, 1e-9),
         "skipped_steps": pos.skipped,
+        "wall_clock_s": round(run.elapsed_s, 2),
     }
     return row
 
@@ -516,6 +534,9 @@ def _end_epoch(run: Run, logger: MetricsLogger, terms: LossTerms | None) -> None
     every = int(t.eval_every_epochs)
     if every > 0 and pos.epoch % every == 0:
         _periodic_evaluation(run, logger)
+        ev = run.cfg.evaluation
+        if ev.stop_at_target and distributed.max_over_ranks(int(run.target_reached is not None)):
+            run.total_steps = pos.step  # the target is reached: the loop ends here
     distributed.barrier()
 
 
@@ -536,8 +557,31 @@ def _periodic_evaluation(run: Run, logger: MetricsLogger) -> None:
     metrics = run_evaluators(periodic, inputs)
     run.eval_details.update(inputs.details)
     pos = run.position
+    _tick(run)
     update_best(run.best_metrics, metrics, epoch=pos.epoch, step=pos.step)
-    logger.log({"step": pos.step, "epoch": pos.epoch, **{f"eval/{k}": v for k, v in metrics.items()}})
+    _check_target(run, metrics)
+    logger.log({"step": pos.step, "epoch": pos.epoch, "wall_clock_s": round(run.elapsed_s, 2),
+                **{f"eval/{k}": v for k, v in metrics.items()}})
+
+
+def _tick(run: Run) -> None:
+    """Bring ``run.elapsed_s`` up to now."""
+    started, base = run.clock
+    run.elapsed_s = base + time.perf_counter() - started
+
+
+def _check_target(run: Run, metrics: dict[str, float]) -> None:
+    """Record the first periodic evaluation at or above ``evaluation.target_value``."""
+    ev, pos = run.cfg.evaluation, run.position
+    name = str(ev.target_metric)
+    if not name or run.target_reached is not None:
+        return
+    if name not in metrics:
+        raise ConfigError(f"evaluation.target_metric: {name!r} is not measured by the periodic evaluators; "
+                          f"they give {', '.join(sorted(metrics))}")
+    if metrics[name] >= float(ev.target_value):
+        run.target_reached = {"metric": name, "target": float(ev.target_value), "value": metrics[name],
+                              "epoch": pos.epoch, "step": pos.step, "wall_clock_s": round(run.elapsed_s, 2)}
 
 
 def _periodic_names(run: Run) -> list[str] | None:
@@ -663,6 +707,7 @@ def train_steps(run: Run, logger: MetricsLogger, stop: StopSignals | None = None
     batches_per_epoch = (run.sampler.steps_per_epoch // accumulate) * accumulate
     health = StepHealth(run.device)
     graphed = GraphedStep(run, step_fn) if t.cuda_graphs else None
+    run.clock = (time.perf_counter(), run.elapsed_s)
     while pos.step < run.total_steps:
         terms: LossTerms | None = None
         for batch_index, batch in _epoch_batches(run, batches_per_epoch):
@@ -682,6 +727,7 @@ def train_steps(run: Run, logger: MetricsLogger, stop: StopSignals | None = None
                 run.compile_watch.first_step_done()
             pos.step += 1
             pos.batch = batch_index + 1
+            _tick(run)
             run.plugins.hooks.hook.metacontrast_on_step_end(
                 state=StepState(step=pos.step, epoch=pos.epoch, terms=terms.detached(), model=run.model))
             logger.advance()
@@ -745,6 +791,17 @@ def fit(cfg: DictConfig, plugins: PluginManager | None = None) -> dict[str, Any]
     return results
 
 
+def _time_to_target(run: Run) -> dict[str, Any] | None:
+    """``evaluation.target_metric``'s first periodic value at or above the target, or
+    ``reached: false``; ``None`` without a target."""
+    ev = run.cfg.evaluation
+    if not str(ev.target_metric):
+        return None
+    if run.target_reached is None:
+        return {"metric": str(ev.target_metric), "target": float(ev.target_value), "reached": False}
+    return {**run.target_reached, "reached": True}
+
+
 def hardware_description(device: torch.device) -> str:
     """The accelerator's name, or the CPU model with the threads torch uses."""
     if device.type == "cuda":
@@ -796,6 +853,8 @@ def describe_run(run: Run, metrics: dict[str, dict[str, float]], seconds: float)
         # the best of the periodic evaluations (every trainer.eval_every_epochs) and the final one
         "best_metrics": run.best_metrics,
         "eval_every_epochs": int(cfg.trainer.eval_every_epochs),
+        "train_loop_s": round(run.elapsed_s, 2),
+        "time_to_target": _time_to_target(run),
         "evaluation_details": run.eval_details,
         "compile": None if run.compile_watch is None else run.compile_watch.report().as_dict(),
         "run_dir": str(run.run_dir),

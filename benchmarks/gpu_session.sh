@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# One prepared GPU session, from a fresh GPU machine, in about 9 minutes (a budget, --budget-s):
+#   1. install the project and the wheels of .whl/ (the machine reaches no package index);
+#   2. unpack CIFAR-10 from .gpu/data/ (benchmarks/gpu_prepare.sh makes both, here);
+#   3. the train-step tests on the GPU (a subset: placement, host reads, CUDA graphs, trainer);
+#   4. host-device synchronisations per step (CUDA's sync debug mode), every method;
+#   5. every method's step vs the best of its bare network passes, eager and captured (CUDA
+#      graphs), and SimCLR's compiled and compiled + captured too;
+#   6. view generation against torchvision's per-sample transforms;
+#   7. the time-to-accuracy run (experiment=cifar10_simclr_fast, with the fastest of SimCLR's
+#      variants measured in 5) under a hard wall-clock cap: the rest of the budget. It stops
+#      with a checkpoint; calling the script again on the same machine (warm) resumes it.
+# Every table goes into docs/benchmarks.md ("## GPU", with date, device and command), which
+# comes back in $OUT with the session's log, the accuracy-against-wall-clock plot and the
+# step times. A stage that would not fit in what is left of the budget is skipped, named.
+#
+#   benchmarks/gpu_session.sh               on the GPU machine (device tool: carry .whl and .gpu)
+#   benchmarks/gpu_session.sh --dry-run     on a CPU: every stage shrunk, about a minute
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DRY=0
+BUDGET=540
+TTA_DIR=/tmp/mc-tta
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --dry-run) DRY=1 ;;
+        --budget-s) BUDGET=$2; shift ;;
+        --tta-dir) TTA_DIR=$2; shift ;;
+        *) echo "gpu_session.sh: unknown option $1 (use --dry-run, --budget-s N, --tta-dir DIR)" >&2; exit 2 ;;
+    esac
+    shift
+done
+START=$(date +%s)
+OUT=${OUT:-/tmp/mc-gpu-session}
+mkdir -p "$OUT"
+LOG="$OUT/session.log"
+export PYTHONUNBUFFERED=1
+DATA=.cache/data
+if [ "$DRY" = 1 ]; then
+    PY=${PY:-.venv/bin/python}
+    DEVICE=cpu
+    DOC="$OUT/benchmarks.md"  # a dry run writes into a scratch copy of the document
+    cp docs/benchmarks.md "$DOC"
+    [ "$TTA_DIR" = /tmp/mc-tta ] && TTA_DIR=/tmp/mc-tta-dry && rm -rf "$TTA_DIR"
+else
+    PY=${PY:-python3}
+    DEVICE=cuda
+    DOC=docs/benchmarks.md
+fi
+export METACONTRAST_BENCHMARKS_DOC="$PWD/$DOC"
+[ "${DOC#/}" != "$DOC" ] && export METACONTRAST_BENCHMARKS_DOC="$DOC"
+
+left() { echo $(( BUDGET - ($(date +%s) - START) )); }
+say() { echo "$*" | tee -a "$LOG"; }
+
+# stage NAME SECONDS_NEEDED COMMAND...: run it (output in the log) unless the budget is short
+stage() {
+    local name=$1 need=$2
+    shift 2
+    if [ "$(left)" -lt "$need" ]; then
+        say "== $name: skipped, $(left) s left of the budget and it needs about $need"
+        return 1
+    fi
+    say "== $name ($(left) s left): $*"
+    local t0 rc
+    t0=$(date +%s)
+    "$@" >> "$LOG" 2>&1
+    rc=$?
+    say "== $name: exit $rc after $(( $(date +%s) - t0 )) s"
+    return $rc
+}
+
+install() {
+    "$PY" -m pip install -q --no-index --no-deps --no-cache-dir .whl/*.whl || return 1
+    local editable=(-e .)
+    for p in plugins/*/; do editable+=(-e "$p"); done
+    "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir "${editable[@]}" || return 1
+    "$PY" -c "import faiss, hydra, kornia, metacontrast, metacontrast_kornia, torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
+}
+
+data() {
+    local source=.gpu/data
+    [ -f "$source/prepare.py" ] || source=../shared/data
+    "$PY" -c "import sys; from pathlib import Path; sys.path.insert(0, '$source'); import prepare; prepare.cifar10(Path('$DATA'))"
+}
+
+say "gpu_session.sh: budget $BUDGET s, device $DEVICE, dry run $DRY, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+if [ "$DRY" = 0 ]; then
+    stage install 60 install || { say "install failed: see the log"; cp "$LOG" "$OUT/" 2>/dev/null; exit 1; }
+    command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$LOG"
+fi
+stage data 40 data || { say "no CIFAR-10: run benchmarks/gpu_prepare.sh and carry .gpu"; exit 1; }
+
+if [ "$DRY" = 1 ]; then
+    stage tests 60 env METACONTRAST_TEST_DEVICE=cpu "$PY" -m pytest -x -q -p no:cacheprovider tests/test_graphs.py
+    stage step_syncs 30 "$PY" benchmarks/step_syncs.py --data-root "$DATA" --device cpu --batch 16 --methods simclr --write
+    stage throughput 90 "$PY" benchmarks/method_throughput.py --data-root "$DATA" --device cpu --batch 16 \
+        --methods simclr --variants eager,compiled --compile-backend aot_eager --rounds 1 \
+        --section compile_effect_cpu --json "$OUT/throughput.json" --write
+    stage views 40 "$PY" benchmarks/view_throughput.py --data-root "$DATA" --device cpu --batch 32 --repeats 1 \
+        --workers 1
+    TTA_EXTRA=(encoder=conv4 data.train_subset=512 data.test_subset=256 trainer.batch_size=64 trainer.epochs=4
+               trainer.eval_every_epochs=1 trainer.checkpoint_every=4 evaluation.batch_size=256 trainer.device=cpu)
+    CAP_MAX=60
+else
+    stage tests 150 env METACONTRAST_TEST_DEVICE=cuda "$PY" -m pytest -x -q -p no:cacheprovider \
+        tests/test_device_placement.py tests/test_host_reads.py tests/test_graphs.py tests/test_trainer.py
+    stage step_syncs 45 "$PY" benchmarks/step_syncs.py --data-root "$DATA" --device cuda --write
+    stage throughput 120 "$PY" benchmarks/method_throughput.py --data-root "$DATA" --device cuda --batch 256 \
+        --variants eager,graphs --steps 5 --rounds 3 --write
+    stage throughput_simclr 120 "$PY" benchmarks/method_throughput.py --data-root "$DATA" --device cuda \
+        --batch 256 --methods simclr --variants eager,graphs,compiled,compiled+graphs --steps 5 --rounds 3 \
+        --json "$OUT/throughput.json" --write
+    stage views 45 "$PY" benchmarks/view_throughput.py --data-root "$DATA" --device cuda --write
+    TTA_EXTRA=()
+    CAP_MAX=100000
+fi
+
+# the time-to-accuracy run with SimCLR's fastest variant of stage 5 (the recipe's own when unmeasured)
+VARIANT=$("$PY" - "$OUT/throughput.json" <<'PYEOF'
+import json, sys
+try:
+    times = json.load(open(sys.argv[1]))["times_ms"]
+except (OSError, ValueError, KeyError):
+    print("recipe"); raise SystemExit
+steps = {k.split("/", 1)[1]: v for k, v in times.items() if k.startswith("simclr/") and "/bare" not in k}
+print(min(steps, key=steps.get) if steps else "recipe")
+PYEOF
+)
+[ "$DRY" = 1 ] && VARIANT=eager  # no graphs on a CPU
+case "$VARIANT" in
+    eager) VARIANT_OVERRIDES=(trainer.compile=off trainer.cuda_graphs=false) ;;
+    graphs) VARIANT_OVERRIDES=(trainer.compile=off trainer.cuda_graphs=true) ;;
+    compiled) VARIANT_OVERRIDES=(trainer.compile=step trainer.cuda_graphs=false) ;;
+    *) VARIANT_OVERRIDES=() ;;
+esac
+CAP=$(( $(left) - 40 ))
+[ "$CAP" -gt "$CAP_MAX" ] && CAP=$CAP_MAX
+TTA=(train experiment=cifar10_simclr_fast "data.root=$DATA" "trainer.run_dir=$TTA_DIR" trainer.progress=false
+     trainer.tensorboard=false "${VARIANT_OVERRIDES[@]}" "${TTA_EXTRA[@]}")
+if [ "$CAP" -ge 30 ]; then
+    say "== time to accuracy ($VARIANT variant), capped at $CAP s: metacontrast ${TTA[*]}"
+    t0=$(date +%s)
+    timeout -s TERM -k 30 "$CAP" "$PY" -m metacontrast.cli "${TTA[@]}" >> "$LOG" 2>&1
+    rc=$?
+    say "== time to accuracy: exit $rc after $(( $(date +%s) - t0 )) s (0: finished, 143: capped, resumable)"
+    "$PY" benchmarks/time_to_accuracy.py "$TTA_DIR" --cap-s "$CAP" --report /tmp/mc-tta-report \
+        --section "time_to_accuracy_$DEVICE" --command "metacontrast ${TTA[*]}" --write >> "$LOG" 2>&1
+    cp /tmp/mc-tta-report/accuracy_vs_wall_clock.png "$OUT/" 2>/dev/null
+else
+    say "== time to accuracy: skipped, $(left) s left of the budget"
+fi
+[ "$DRY" = 0 ] && cp "$DOC" "$OUT/benchmarks.md"
+say "gpu_session.sh: done after $(( $(date +%s) - START )) s; tables in $DOC"
