@@ -204,8 +204,8 @@ def setup(cfg: DictConfig, plugins: PluginManager | None = None) -> Run:
         raise ConfigError(f"trainer.accumulate: must be >= 1, got {t.accumulate}")
     if t.cuda_graphs:
         check_capturable(device, world.world_size, int(t.accumulate), dtype)
-        if t.cuda_graph_warmup < 1:
-            raise ConfigError(f"trainer.cuda_graph_warmup: must be >= 1, got {t.cuda_graph_warmup}")
+        if t.cuda_graph_warmup < 2:  # the first makes the constants; the last is checked for host reads
+            raise ConfigError(f"trainer.cuda_graph_warmup: must be >= 2, got {t.cuda_graph_warmup}")
     if t.nonfinite not in NONFINITE_POLICIES:
         raise ConfigError(f"trainer.nonfinite: unknown policy {t.nonfinite!r}; available: halt, skip")
     for key in ("grad_clip_norm", "grad_clip_value", "max_consecutive_skips"):
