@@ -284,7 +284,7 @@ def state_payload(run: Run) -> dict[str, Any]:
         "position": attrs.asdict(run.position),
         "world_size": run.world.world_size,
         "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
+        "optimizer": _portable_optimizer_state(run.optimizer),
         "scheduler": run.scheduler.state_dict(),
         "rng": distributed.all_gather_object(rng_state({"augment": run.generator})),
         "baseline_metrics": run.baseline_metrics,
@@ -299,6 +299,16 @@ def state_payload(run: Run) -> dict[str, Any]:
     state = StepState(step=run.position.step, epoch=run.position.epoch, terms=None, model=run.model)
     run.plugins.hooks.hook.metacontrast_on_checkpoint(state=state, payload=payload)
     return payload
+
+
+def _portable_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's state with its learning rates as numbers: a captured step holds them
+    in device tensors (``trainer.cuda_graphs``), which an eager resume need not accept."""
+    state = optimizer.state_dict()
+    for group in state["param_groups"]:
+        if isinstance(group.get("lr"), torch.Tensor):
+            group["lr"] = float(group["lr"])
+    return state
 
 
 def save_checkpoint(run: Run) -> Path | None:

@@ -86,5 +86,7 @@ class NTXentLoss(Loss):
                              "with soft targets)")
         emb = inputs.embeddings
         z = emb.z if not emb.online_views else torch.cat([emb.view(0, 2), emb.view(1, 2)])
-        layout = ep.pair_layout if self.gather or ep.world_size == 1 else None
+        world = distributed.current() if self.gather else distributed.WorldInfo()
+        same_world = (ep.rank, ep.world_size) == (world.rank, world.world_size)
+        layout = ep.pair_layout if same_world else None  # the episode's, when it spans the ranks gathered
         return nt_xent_of_views(z, self.temperature, gather=self.gather, layout=layout)
