@@ -23,6 +23,33 @@ TINY = [
 ]
 
 
+# Every method on small colour images (``colour_npz``), with the views of its CIFAR recipe;
+# CLSA's strong views at sizes a Conv-4 with average pooling still reads.
+STRONG = ["encoder.pool=avg", "views.strong_sizes=[16]"]
+METHODS_ON_COLOUR = {
+    "simclr": ["views=simclr_cifar"],
+    "protonet": ["method=protonet", "views=simclr_cifar"],
+    "r2d2": ["method=r2d2", "views=simclr_cifar"],
+    "byol": ["method=byol", "views=simclr_cifar"],
+    "moco_v2": ["method=moco_v2", "views=moco_v2_cifar"],
+    "clsa_single": ["method=clsa_single", "views=clsa_single_cifar", *STRONG],
+    "clsa_multi": ["method=clsa_multi", "views=clsa_multi_cifar", *STRONG, "views.strong_sizes=[24,16]"],
+    "metaug": ["experiment=metaug_cifar10/metaug", "encoder.width=0.125", "memory.read_size=64"],
+}
+
+
+@pytest.fixture(scope="session")
+def colour_npz(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An ``.npz`` of 96 training and 16 test random colour images, 32 x 32, 4 classes."""
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("colour") / "colour.npz"
+    np.savez(path, x_train=g.integers(0, 256, (96, 32, 32, 3), dtype=np.uint8), y_train=g.integers(0, 4, 96),
+             x_test=g.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8), y_test=g.integers(0, 4, 16))
+    return str(path)
+
+
 @pytest.fixture(scope="session")
 def prepared_data() -> Path:
     """The real datasets unpacked by ../shared/data/prepare.py (done once, ~10 s)."""

@@ -12,7 +12,6 @@ fused kernels round differently (one method, for its compile time).
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -23,29 +22,10 @@ from metacontrast.records import Batch
 from metacontrast.trainer import forward_backward, setup, update_after_backward
 from metacontrast_kornia import ops
 
-from .conftest import TINY
+from .conftest import METHODS_ON_COLOUR, TINY
 
 BASE = [o for o in TINY if not o.startswith("eval.")]
-STRONG = ["encoder.pool=avg", "views.strong_sizes=[16]"]
-METHODS = {
-    "simclr": ["views=simclr_cifar"],
-    "protonet": ["method=protonet", "views=simclr_cifar"],
-    "r2d2": ["method=r2d2", "views=simclr_cifar"],
-    "byol": ["method=byol", "views=simclr_cifar"],
-    "moco_v2": ["method=moco_v2", "views=moco_v2_cifar"],
-    "clsa_single": ["method=clsa_single", "views=clsa_single_cifar", *STRONG],
-    "clsa_multi": ["method=clsa_multi", "views=clsa_multi_cifar", *STRONG, "views.strong_sizes=[24,16]"],
-    "metaug": ["experiment=metaug_cifar10/metaug", "encoder.width=0.125", "memory.read_size=64"],
-}
-
-
-@pytest.fixture(scope="module")
-def colour_npz(tmp_path_factory) -> str:
-    g = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("colour") / "colour.npz"
-    np.savez(path, x_train=g.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), y_train=g.integers(0, 4, 64),
-             x_test=g.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8), y_test=g.integers(0, 4, 16))
-    return str(path)
+METHODS = METHODS_ON_COLOUR
 
 
 def two_steps(overrides: list[str], tmp_path, compile: str = "off", backend: str = "aot_eager"):

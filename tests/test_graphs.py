@@ -11,7 +11,6 @@ real capture.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -45,13 +44,6 @@ def test_setup_refuses_cuda_graphs_on_the_cpu(tmp_path):
         setup(cfg)
 
 
-@pytest.fixture(scope="module")
-def colour_npz(tmp_path_factory) -> str:
-    g = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("colour") / "colour.npz"
-    np.savez(path, x_train=g.integers(0, 256, (96, 32, 32, 3), dtype=np.uint8), y_train=g.integers(0, 4, 96),
-             x_test=g.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8), y_test=g.integers(0, 4, 16))
-    return str(path)
 
 
 def _train(overrides: list[str], run_dir, graphed: bool, monkeypatch, steps: int = 6):
