@@ -17,6 +17,7 @@ import torch
 from metacontrast import graphs
 from metacontrast.config import ConfigError, compose_config
 from metacontrast.metrics import MetricsLogger
+from metacontrast.records import Batch
 from metacontrast.trainer import setup, train_steps
 from metacontrast_kornia import ops
 
@@ -117,3 +118,18 @@ def test_on_a_gpu_the_captured_step_trains_as_the_eager_one(colour_npz, tmp_path
         losses[graphed] = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(losses[True]) == 6
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_a_batch_of_another_shape_is_refused_by_the_captured_step(colour_npz, tmp_path):
+    cfg = compose_config([*TINY, "views=simclr_cifar", "data=npz", f"data.root={colour_npz}",
+                          f"trainer.run_dir={tmp_path}"])
+    run = setup(cfg)
+    step_fn = run.plugins.make_train_step(cfg, run.components)
+    graphed = graphs.GraphedStep(run, step_fn, capture=graphs.RerunCapture())
+    images = run.data.train_images
+    with ops.selection("mask"):
+        graphed._capture(Batch(images=images[:16], index=torch.arange(16)))
+        graphed.step(Batch(images=images[16:32], index=torch.arange(16, 32)))  # same shape: replayed
+        with pytest.raises(ConfigError, match=r"trainer.cuda_graphs: a batch of shape \(8, 3, 32, 32\), the "
+                                              r"captured step takes \(16, 3, 32, 32\)"):
+            graphed.step(Batch(images=images[:8], index=torch.arange(8)))
