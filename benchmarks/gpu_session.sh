@@ -16,20 +16,26 @@
 #
 #   benchmarks/gpu_session.sh               on the GPU machine (device tool: carry .whl and .gpu)
 #   benchmarks/gpu_session.sh --dry-run     on a CPU: every stage shrunk, about a minute
+#   --recipe cifar10_byol_fast              the time-to-accuracy run of BYOL (or cifar10_r2d2_fast)
+#   --tta-dir DIR                           its run directory (default /tmp/mc-RECIPE; a second call resumes)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
 BUDGET=540
-TTA_DIR=/tmp/mc-tta
+TTA_DIR=
+RECIPE=cifar10_simclr_fast
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) DRY=1 ;;
         --budget-s) BUDGET=$2; shift ;;
         --tta-dir) TTA_DIR=$2; shift ;;
-        *) echo "gpu_session.sh: unknown option $1 (use --dry-run, --budget-s N, --tta-dir DIR)" >&2; exit 2 ;;
+        --recipe) RECIPE=$2; shift ;;
+        *) echo "gpu_session.sh: unknown option $1 (use --dry-run, --budget-s N, --tta-dir DIR," \
+                "--recipe cifar10_simclr_fast|cifar10_byol_fast|cifar10_r2d2_fast)" >&2; exit 2 ;;
     esac
     shift
 done
+[ -n "$TTA_DIR" ] || TTA_DIR="/tmp/mc-$RECIPE"
 START=$(date +%s)
 OUT=${OUT:-/tmp/mc-gpu-session}
 mkdir -p "$OUT"
@@ -41,7 +47,7 @@ if [ "$DRY" = 1 ]; then
     DEVICE=cpu
     DOC="$OUT/benchmarks.md"  # a dry run writes into a scratch copy of the document
     cp docs/benchmarks.md "$DOC"
-    [ "$TTA_DIR" = /tmp/mc-tta ] && TTA_DIR=/tmp/mc-tta-dry && rm -rf "$TTA_DIR"
+    [ "$TTA_DIR" = "/tmp/mc-$RECIPE" ] && TTA_DIR="/tmp/mc-$RECIPE-dry" && rm -rf "$TTA_DIR"
 else
     PY=${PY:-python3}
     DEVICE=cuda
@@ -136,7 +142,7 @@ case "$VARIANT" in
 esac
 CAP=$(( $(left) - 40 ))
 [ "$CAP" -gt "$CAP_MAX" ] && CAP=$CAP_MAX
-TTA=(train experiment=cifar10_simclr_fast "data.root=$DATA" "trainer.run_dir=$TTA_DIR" trainer.progress=false
+TTA=(train "experiment=$RECIPE" "data.root=$DATA" "trainer.run_dir=$TTA_DIR" trainer.progress=false
      trainer.tensorboard=false "${VARIANT_OVERRIDES[@]}" "${TTA_EXTRA[@]}")
 if [ "$CAP" -ge 30 ]; then
     say "== time to accuracy ($VARIANT variant), capped at $CAP s: metacontrast ${TTA[*]}"

@@ -175,7 +175,7 @@ def test_config_composes_and_runs_two_steps(group, option, tmp_path, monkeypatch
         extra += [] if option.endswith("simclr") else ["memory.read_size=64"]
     if group == "experiment" and option.startswith(("cifar10", "table6", "clsa_table4")):
         extra += _data_overrides("cifar10", tmp_path)
-    if group == "experiment" and option == "cifar10_simclr_fast":  # a GPU recipe: no graphs on the CPU
+    if group == "experiment" and option.endswith("_fast"):  # a GPU recipe: no graphs on the CPU
         extra += ["trainer.cuda_graphs=false", "trainer.compile=off", "trainer.batch_size=16",
                   "evaluation.train_subset=200", "evaluation.batch_size=64"]
     if group == "experiment" and option.startswith("imagenet"):  # ResNet-50 recipes: tiny images here
@@ -191,8 +191,8 @@ def test_config_composes_and_runs_two_steps(group, option, tmp_path, monkeypatch
         extra += ["trainer.batch_size=4"]
     if group == "episode" and option == "n_way_k_shot":
         extra += ["views.n_views=2"]
-    own_eval = group == "experiment" and option.startswith(("omniglot", "clsa_table4", "imagenet", "metaug",
-                                                            "cifar10_simclr_fast"))  # own evaluators
+    own_eval = group == "experiment" and (option.startswith(("omniglot", "clsa_table4", "imagenet", "metaug"))
+                                          or option.endswith("_fast"))  # own evaluators
     base = [o for o in TINY if not (o.startswith("eval.") and (own_eval or (
         group == "eval" and not o.startswith(f"eval.{option}."))))]
     if table:
