@@ -75,11 +75,8 @@ def train_step(run: Any, step_fn: Any, batch: Any) -> None:
     """One optimizer step as ``trainer.train_steps`` takes it (guards, backward, optimizer,
     scheduler, EMA teacher, the step's own update), without logging or checkpoints."""
     from metacontrast import trainer
-    from metacontrast.guards import StepHealth
 
-    health = StepHealth(run.device)
-    trainer.forward_backward(run, step_fn, batch, health)
-    assert trainer.update_after_backward(run, step_fn, health), "a benchmark step was skipped"
+    assert trainer.take_step(run, step_fn, batch)[1], "a benchmark step was skipped"
 
 
 def best_of_rounds(fns: dict[str, Callable[[], None]], repeats: int | dict[str, int],

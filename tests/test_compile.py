@@ -17,9 +17,8 @@ import torch
 
 from metacontrast import compiling
 from metacontrast.config import ConfigError, compose_config
-from metacontrast.guards import StepHealth
 from metacontrast.records import Batch
-from metacontrast.trainer import forward_backward, setup, update_after_backward
+from metacontrast.trainer import setup, take_step
 from metacontrast_kornia import ops
 
 from .conftest import METHODS_ON_COLOUR, TINY
@@ -43,9 +42,9 @@ def two_steps(overrides: list[str], tmp_path, compile: str = "off", backend: str
     b = int(cfg.trainer.batch_size)
     for step in range(2):
         batch = Batch(images=run.data.train_images[step * b:(step + 1) * b], index=torch.arange(b) + step * b)
-        health = StepHealth(run.device)
-        terms.append({k: v.detach() for k, v in forward_backward(run, step_fn, batch, health).terms.items()})
-        assert update_after_backward(run, step_fn, health)
+        step_terms, updated = take_step(run, step_fn, batch)
+        assert updated
+        terms.append({k: v.detach() for k, v in step_terms.terms.items()})
         run.position.step += 1
         if run.compile_watch is not None:
             run.compile_watch.first_step_done()

@@ -18,7 +18,7 @@ import torch
 from metacontrast.config import compose_config
 from metacontrast.launches import DeviceOps, count_step
 from metacontrast.records import Batch
-from metacontrast.trainer import forward_backward, setup, update_after_backward
+from metacontrast.trainer import setup, take_step
 from metacontrast_kornia import ops
 
 from .conftest import METHODS_ON_COLOUR, TINY
@@ -59,11 +59,7 @@ def outside(colour_npz, tmp_path_factory) -> dict[str, int]:
         b = int(cfg.trainer.batch_size)
         batch = Batch(images=run.data.train_images[:b], index=torch.arange(b))
         with ops.selection("mask"):
-            from metacontrast.guards import StepHealth
-
-            health = StepHealth(run.device)
-            forward_backward(run, step_fn, batch, health)  # warm-up: optimizer state, constants
-            assert update_after_backward(run, step_fn, health)
+            assert take_step(run, step_fn, batch)[1]  # warm-up: optimizer state, constants
             n = count_step(run, step_fn, batch)
         assert n.by_phase["network forward"] == n.network_forward, (name, n.by_phase, n.network_forward)
         counts[name] = n.outside

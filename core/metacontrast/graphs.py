@@ -148,6 +148,7 @@ class GraphedStep:
         self.update: Any = None
         self.images: torch.Tensor | None = None
         self.index: torch.Tensor | None = None
+        self._reads: HostReads | None = None  # the last warm-up step's
 
     @property
     def ready(self) -> bool:
@@ -163,7 +164,7 @@ class GraphedStep:
 
     def eager_step_done(self, batch: Batch) -> None:
         self.eager_steps += 1
-        reads = getattr(self, "_reads", None)
+        reads = self._reads
         if reads is not None and reads.total:
             places = ", ".join(f"{where} ({n})" for where, n in reads.reads.most_common(5))
             raise ConfigError(f"trainer.cuda_graphs: the step makes the host wait for the device at "
@@ -187,7 +188,7 @@ class GraphedStep:
         def forward() -> tuple[LossTerms, StepHealth, torch.Tensor]:
             from metacontrast.trainer import forward_backward
 
-            health = StepHealth(run.device)
+            health = StepHealth()
             terms = forward_backward(run, step_fn, static, health)
             health.add_gradients(run.model)
             return terms, health, health.finite()
@@ -204,7 +205,7 @@ class GraphedStep:
 
     def step(self, batch: Batch) -> tuple[LossTerms, StepHealth, bool]:
         """One optimizer step on ``batch`` by replaying the graphs."""
-        from metacontrast.trainer import _skip_step, _step_is_healthy, read_finite
+        from metacontrast.trainer import settle_step
 
         run = self.run
         assert self.images is not None and self.index is not None
@@ -217,13 +218,11 @@ class GraphedStep:
         self.index.copy_(batch.index, non_blocking=True)
         self.capture_with.fresh_gradients(run.model)
         terms, health, finite = self.capture_with.replay(self.forward)
-        loss_bad, grad_bad, flags = read_finite(run, health, finite)
-        if not _step_is_healthy(run, health, loss_bad, grad_bad, flags):
-            _skip_step(run, release_grads=False)
-            return terms, health, False
-        if run.model.teacher is not None:
-            run.model.teacher.prepare(run.position.step, run.total_steps)
-        self.capture_with.replay(self.update)
-        run.scheduler.step()
-        run.position.consecutive_skips = 0
-        return terms, health, True
+
+        def update() -> None:
+            if run.model.teacher is not None:
+                run.model.teacher.prepare(run.position.step, run.total_steps)
+            self.capture_with.replay(self.update)
+            run.scheduler.step()
+
+        return terms, health, settle_step(run, health, finite, update, release_grads=False)

@@ -24,8 +24,7 @@ class StepHealth:
     (the norm of every gradient); ``finite()`` is one boolean per micro-batch, then one
     per gradient, for the caller's single host read (or all-reduce)."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
+    def __init__(self) -> None:
         self.totals: list[Tensor] = []
         self.grad_norms: list[Tensor] = []
         self.grad_names: list[str] = []

@@ -179,7 +179,6 @@ def count_step(run: Any, step_fn: Any, batch: Any, *, where: bool = False) -> St
     Run a warm-up step first: lazily made state (optimizer buffers, cached constants)
     would otherwise count."""
     from metacontrast import trainer
-    from metacontrast.guards import StepHealth
 
     calls: list[EncoderCall] = []
 
@@ -193,9 +192,7 @@ def count_step(run: Any, step_fn: Any, batch: Any, *, where: bool = False) -> St
     try:
         with DeviceOps(where=where) as step_ops, _phase_hooks(
                 step_ops, {"views": generators, "network forward": encoders}):
-            health = StepHealth(run.device)
-            trainer.forward_backward(run, step_fn, batch, health, phase=step_ops.in_phase)
-            if not trainer.update_after_backward(run, step_fn, health, phase=step_ops.in_phase):
+            if not trainer.take_step(run, step_fn, batch, phase=step_ops.in_phase)[1]:
                 raise RuntimeError("count_step: the counted step was skipped (non-finite values)")
     finally:
         for h in recorders:

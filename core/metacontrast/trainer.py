@@ -441,12 +441,6 @@ def evaluate_baselines(run: Run) -> None:
 
 # -- the loop -------------------------------------------------------------------------
 
-def _read_step_flags(run: Run, health: StepHealth) -> tuple[bool, bool, list[bool]]:
-    """The step's one read of the device: whether any rank saw a non-finite loss total,
-    whether the (rank-averaged) gradients are non-finite, and the finite-ness of each."""
-    return read_finite(run, health, health.finite())
-
-
 def read_finite(run: Run, health: StepHealth, finite: torch.Tensor) -> tuple[bool, bool, list[bool]]:
     """``finite`` (``health.finite()``, agreed between ranks) read to the host once:
     ``(loss_bad, grad_bad, flags)``."""
@@ -675,19 +669,43 @@ def update_after_backward(run: Run, step_fn: Any, health: StepHealth,
     with phase("guards"):
         if run.scaler is None:  # the scaler (fp16) skips steps with inf/NaN gradients itself
             health.add_gradients(run.model)
-        loss_bad, grad_bad, flags = _read_step_flags(run, health)
+        finite = health.finite()
+
+    def update() -> None:
+        with phase("optimizer"):
+            _optimizer_step(run)
+        with phase("teacher"):
+            run.model.update_teacher(run.position.step, run.total_steps)
+        with phase("memory"):
+            step_fn.on_optimizer_step()
+
+    return settle_step(run, health, finite, update, phase=phase)
+
+
+def settle_step(run: Run, health: StepHealth, finite: torch.Tensor, update: Callable[[], None], *,
+                release_grads: bool = True,
+                phase: Callable[[str], contextlib.AbstractContextManager] = no_phase) -> bool:
+    """The step's one read of the device (``finite``, from ``health.finite()``), the
+    ``trainer.nonfinite`` policy, then ``update()`` (the weights' update) or a skipped step
+    (``release_grads``: drop the gradients). Returns whether the weights were updated."""
+    with phase("guards"):
+        loss_bad, grad_bad, flags = read_finite(run, health, finite)
         healthy = _step_is_healthy(run, health, loss_bad, grad_bad, flags)
     if not healthy:
-        _skip_step(run)
+        _skip_step(run, release_grads)
         return False
-    with phase("optimizer"):
-        _optimizer_step(run)
-    with phase("teacher"):
-        run.model.update_teacher(run.position.step, run.total_steps)
-    with phase("memory"):
-        step_fn.on_optimizer_step()
+    update()
     run.position.consecutive_skips = 0
     return True
+
+
+def take_step(run: Run, step_fn: Any, batch: Batch,
+              phase: Callable[[str], contextlib.AbstractContextManager] = no_phase) -> tuple[LossTerms, bool]:
+    """One optimizer step of one micro-batch, eagerly: ``(terms, whether the weights were
+    updated)``."""
+    health = StepHealth()
+    terms = forward_backward(run, step_fn, batch, health, phase)
+    return terms, update_after_backward(run, step_fn, health, phase)
 
 
 def _graphed_step(run: Run, step_fn: Any, graphed: GraphedStep, batch: Batch) -> LossTerms:
@@ -695,10 +713,8 @@ def _graphed_step(run: Run, step_fn: Any, graphed: GraphedStep, batch: Batch) ->
     captured), replayed after."""
     if graphed.ready:
         return graphed.step(batch)[0]
-    health = StepHealth(run.device)
     with graphed.warming_up():
-        terms = forward_backward(run, step_fn, batch, health)
-        update_after_backward(run, step_fn, health)
+        terms, _ = take_step(run, step_fn, batch)
     graphed.eager_step_done(batch)
     return terms
 
@@ -715,7 +731,7 @@ def train_steps(run: Run, logger: MetricsLogger, stop: StopSignals | None = None
     last_log, images_since_log = time.perf_counter(), 0
     pos = run.position
     batches_per_epoch = (run.sampler.steps_per_epoch // accumulate) * accumulate
-    health = StepHealth(run.device)
+    health = StepHealth()
     graphed = GraphedStep(run, step_fn) if t.cuda_graphs else None
     run.clock = (time.perf_counter(), run.elapsed_s)
     while pos.step < run.total_steps:
@@ -732,7 +748,7 @@ def train_steps(run: Run, logger: MetricsLogger, stop: StopSignals | None = None
                 if not last_micro:
                     continue
                 update_after_backward(run, step_fn, health)
-                health = StepHealth(run.device)
+                health = StepHealth()
             if run.compile_watch is not None:
                 run.compile_watch.first_step_done()
             pos.step += 1
