@@ -7,7 +7,8 @@ step records, through forward hooks, every call the step makes to the online enc
 to the teacher's encoder: input shape, dtype, whether gradients were on. The ceiling
 replays exactly those calls on the bare modules (random inputs of the same shapes, same
 precision and memory layout, forward only where the step had no gradient) and one
-backward through the online outputs. So a method that encodes more (BYOL's teacher, CLSA's
+backward from gradients of ones through the online outputs (``metacontrast.launches.
+BarePasses``, as the launch counter replays them). So a method that encodes more (BYOL's teacher, CLSA's
 strong views, MetAug's second forward) has that work in its ceiling too, and the ratio
 ``ceiling time / step time`` is the share of the step spent in the network's own passes;
 the rest is views, head, solver, losses, guards, optimizer, teacher update and memory.
@@ -41,6 +42,7 @@ from _report import best_of_rounds, machine, markdown_table, record, train_step
 
 from metacontrast import trainer
 from metacontrast.config import ConfigError, compose_config
+from metacontrast.launches import BarePasses, EncoderCall, recording_encoder_calls
 from metacontrast.records import Batch
 
 # the SimCLR experiment's nt_xent setting is switched off for every other method (it would
@@ -109,51 +111,18 @@ def build(args: argparse.Namespace, name: str) -> tuple[Any, Any]:
     return run, step
 
 
-def encoder_calls(run: Any, step: Any) -> list[tuple[nn.Module, torch.Size, torch.dtype, bool]]:
+def encoder_calls(run: Any, step: Any) -> list[EncoderCall]:
     """Run ``step`` once and return every call it made to the online and teacher encoders."""
-    modules = [run.model.encoder]
-    if run.model.teacher is not None:
-        modules.append(run.model.teacher.encoder)
-    calls: list[tuple[nn.Module, torch.Size, torch.dtype, bool]] = []
-    handles = [m.register_forward_pre_hook(
-        lambda mod, inputs: calls.append((mod, inputs[0].shape, inputs[0].dtype, torch.is_grad_enabled())))
-        for m in modules]
-    try:
+    with recording_encoder_calls(run) as calls:
         step()
-    finally:
-        for h in handles:
-            h.remove()
     return calls
 
 
-Calls = list[tuple[nn.Module, torch.Size, torch.dtype, bool]]
-
-
-def ceiling(run: Any, calls: Calls, how: str = "eager") -> Any:
-    """The bare passes: each recorded call on a random input of its shape, then one
-    backward through the outputs of the calls that had gradients. ``how``: ``eager``;
-    ``compiled`` (each encoder through ``torch.compile``); ``graphs`` (the eager passes
-    captured as one CUDA graph)."""
-    fmt = torch.channels_last if run.model.channels_last else torch.contiguous_format
-    inputs = [torch.randn(shape, device=run.device).to(dtype).contiguous(memory_format=fmt)
-              if len(shape) == 4 else torch.randn(shape, device=run.device).to(dtype)
-              for _, shape, dtype, _ in calls]
-    modules = {id(m): m for m, _, _, _ in calls}
-    if how == "compiled":
-        modules = {k: torch.compile(m, dynamic=False) for k, m in modules.items()}
-
-    def passes() -> None:
-        outputs = []
-        with run.autocast():  # one region, as the step's forward: weights are cast once
-            for (module, _, _, grad), x in zip(calls, inputs, strict=True):
-                with torch.set_grad_enabled(grad):
-                    h = modules[id(module)](x)
-                if grad:
-                    outputs.append(h)
-        if outputs:
-            sum(h.float().square().mean() for h in outputs).backward()
-        run.model.zero_grad(set_to_none=True)
-
+def ceiling(run: Any, calls: list[EncoderCall], how: str = "eager") -> Any:
+    """The bare passes of ``calls`` (``BarePasses``): ``eager``; ``compiled`` (each encoder
+    through ``torch.compile``); ``graphs`` (the eager passes captured as one CUDA graph)."""
+    passes = BarePasses(run, calls, wrap=(lambda m: torch.compile(m, dynamic=False)) if how == "compiled"
+                        else None)
     if how != "graphs":
         return passes
     side = torch.cuda.Stream()
@@ -168,17 +137,17 @@ def ceiling(run: Any, calls: Calls, how: str = "eager") -> Any:
     return graph.replay
 
 
-def online_view_images(calls: list[tuple[nn.Module, torch.Size, torch.dtype, bool]]) -> int:
-    return sum(shape[0] for _, shape, _, grad in calls if grad)
+def online_view_images(calls: list[EncoderCall]) -> int:
+    return sum(c.shape[0] for c in calls if c.grad)
 
 
-def describe_calls(calls: list[tuple[nn.Module, torch.Size, torch.dtype, bool]], online: nn.Module) -> str:
+def describe_calls(calls: list[EncoderCall], online: nn.Module) -> str:
     """E.g. ``512x32² fwd+bwd; 256x32² teacher fwd``."""
     parts: dict[str, int] = {}
-    for module, shape, _, grad in calls:
-        kind = "fwd+bwd" if grad else ("teacher fwd" if module is not online else "fwd")
-        key = f"{shape[-1]}px {kind}"
-        parts[key] = parts.get(key, 0) + int(shape[0])
+    for c in calls:
+        kind = "fwd+bwd" if c.grad else ("teacher fwd" if c.module is not online else "fwd")
+        key = f"{c.shape[-1]}px {kind}"
+        parts[key] = parts.get(key, 0) + int(c.shape[0])
     return ", ".join(f"{n} x {k}" for k, n in parts.items())
 
 

@@ -172,31 +172,76 @@ def _encoders(run: Any) -> list[nn.Module]:
     return encoders
 
 
-def count_step(run: Any, step_fn: Any, batch: Any, *, where: bool = False) -> StepLaunches:
-    """Count one optimizer step of ``run`` (a ``trainer.Run``) on ``batch``, as the
-    trainer takes it, then the bare encoder passes it made (same shapes, precision and
-    memory layout, random inputs; backward from ones where the step had gradients).
-    Run a warm-up step first: lazily made state (optimizer buffers, cached constants)
-    would otherwise count."""
-    from metacontrast import trainer
-
+@contextlib.contextmanager
+def recording_encoder_calls(run: Any) -> Iterator[list[EncoderCall]]:
+    """While active, every call to the online and teacher encoders of ``run`` is appended
+    to the list it yields."""
     calls: list[EncoderCall] = []
 
     def record(module: nn.Module, inputs: tuple) -> None:
         x = inputs[0]
         calls.append(EncoderCall(module, tuple(x.shape), x.dtype, torch.is_grad_enabled()))
 
-    encoders = _encoders(run)
-    generators = [run.components.view_generator, *run.components.view_transforms]
-    recorders = [m.register_forward_pre_hook(record) for m in encoders]
+    handles = [m.register_forward_pre_hook(record) for m in _encoders(run)]
     try:
-        with DeviceOps(where=where) as step_ops, _phase_hooks(
-                step_ops, {"views": generators, "network forward": encoders}):
-            if not trainer.take_step(run, step_fn, batch, phase=step_ops.in_phase)[1]:
-                raise RuntimeError("count_step: the counted step was skipped (non-finite values)")
+        yield calls
     finally:
-        for h in recorders:
+        for h in handles:
             h.remove()
+
+
+class BarePasses:
+    """The encoder ``calls`` of a step replayed on the bare modules: random inputs of the
+    same shapes, dtype and memory layout, one autocast region (as the step's forward:
+    weights cast once), forward only where the step had no gradient, then a backward from
+    gradients of ones through the outputs that had. ``wrap`` replaces each module (e.g.
+    ``torch.compile``). Calling it runs forward and backward and releases the gradients."""
+
+    def __init__(self, run: Any, calls: list[EncoderCall],
+                 wrap: Callable[[nn.Module], Callable[[Tensor], Tensor]] | None = None) -> None:
+        self.run, self.calls = run, calls
+        channels_last = getattr(run.model, "channels_last", False)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        self.inputs = []
+        for call in calls:
+            x = torch.randn(call.shape, device=run.device).to(call.dtype)
+            self.inputs.append(x.contiguous(memory_format=layout) if x.dim() == 4 else x)
+        self.modules = {id(c.module): (wrap or (lambda m: m))(c.module) for c in calls}
+        self.grads: list[Tensor] | None = None
+
+    def forward(self) -> list[Tensor]:
+        outputs = []
+        with self.run.autocast():
+            for call, x in zip(self.calls, self.inputs, strict=True):
+                with torch.set_grad_enabled(call.grad):
+                    h = self.modules[id(call.module)](x)
+                if call.grad:
+                    outputs.append(h)
+        return outputs
+
+    def backward(self, outputs: list[Tensor]) -> None:
+        if self.grads is None:  # made once, outside whatever is counted or timed
+            self.grads = [torch.ones_like(h) for h in outputs]
+        if outputs:
+            torch.autograd.backward(outputs, self.grads)
+        self.run.model.zero_grad(set_to_none=True)
+
+    def __call__(self) -> None:
+        self.backward(self.forward())
+
+
+def count_step(run: Any, step_fn: Any, batch: Any, *, where: bool = False) -> StepLaunches:
+    """Count one optimizer step of ``run`` (a ``trainer.Run``) on ``batch``, as the
+    trainer takes it, then the bare encoder passes it made (``BarePasses``). Run a warm-up
+    step first: lazily made state (optimizer buffers, cached constants) would otherwise
+    count."""
+    from metacontrast import trainer
+
+    generators = [run.components.view_generator, *run.components.view_transforms]
+    with recording_encoder_calls(run) as calls, DeviceOps(where=where) as step_ops, _phase_hooks(
+            step_ops, {"views": generators, "network forward": _encoders(run)}):
+        if not trainer.take_step(run, step_fn, batch, phase=step_ops.in_phase)[1]:
+            raise RuntimeError("count_step: the counted step was skipped (non-finite values)")
     forward, total = bare_network_ops(run, calls)
     return StepLaunches(total=step_ops.total, network=total, network_forward=forward,
                         by_phase=dict(step_ops.by_phase), by_op=dict(step_ops.by_op),
@@ -206,28 +251,10 @@ def count_step(run: Any, step_fn: Any, batch: Any, *, where: bool = False) -> St
 def bare_network_ops(run: Any, calls: list[EncoderCall]) -> tuple[int, int]:
     """``(forward, forward + backward)`` operations of the encoder ``calls`` replayed on
     the bare modules."""
-    layout = torch.channels_last if getattr(run.model, "channels_last", False) else torch.contiguous_format
-    inputs = []
-    for call in calls:
-        x = torch.randn(call.shape, device=run.device).to(call.dtype)
-        inputs.append(x.contiguous(memory_format=layout) if x.dim() == 4 else x)
-
-    def forward() -> list[Tensor]:
-        outputs = []
-        with run.autocast():  # one region, as the step's forward: weights are cast once
-            for call, x in zip(calls, inputs, strict=True):
-                with torch.set_grad_enabled(call.grad):
-                    h = call.module(x)
-                if call.grad:
-                    outputs.append(h)
-        return outputs
-
-    grads = [torch.ones_like(h) for h in forward()]
-    run.model.zero_grad(set_to_none=True)
+    passes = BarePasses(run, calls)
+    passes()  # the output gradients are made here, not counted
     with DeviceOps() as ops:
-        outputs = forward()
+        outputs = passes.forward()
         n_forward = ops.total
-        if outputs:
-            torch.autograd.backward(outputs, grads)
-    run.model.zero_grad(set_to_none=True)
+        passes.backward(outputs)
     return n_forward, ops.total
