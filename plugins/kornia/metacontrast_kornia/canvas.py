@@ -20,7 +20,9 @@ from torch import Tensor
 class CanvasConstants:
     """Per-view constants of a canvas layout on one device.
 
-    ``valid (V, 1, 1, S*S)`` float 1 on a view's own pixels (``valid_mask``: as booleans);
+    ``valid (V, 1, 1, S*S)`` float 1 on a view's own pixels (``valid_mask``: as booleans;
+    ``padding_lift``: 2 on the padding, 0 on the pixels, which lifts the padding above any
+    value in [0, 1] for a minimum over the view);
     ``valid_axis (V, 1, 1, S)``
     bool, the same along one axis; ``steps (V, 1, 1, S)``: ``j / (size - 1)`` along an axis
     (0 where invalid); ``pixels (V, 1)``: pixels of each view; ``xy (S*S, 3)``: the
@@ -28,6 +30,7 @@ class CanvasConstants:
 
     valid: Tensor
     valid_mask: Tensor
+    padding_lift: Tensor
     valid_axis: Tensor
     steps: Tensor
     pixels: Tensor
@@ -46,6 +49,7 @@ def constants(sizes: tuple[int, ...], side: int, device: torch.device) -> Canvas
         ys, xs = torch.meshgrid(j, j, indexing="ij")
         xy = torch.stack([xs.reshape(-1), ys.reshape(-1), torch.ones(side * side)], dim=1)
         return CanvasConstants(valid=valid.float().to(device), valid_mask=valid.to(device),
+                               padding_lift=((~valid).float() * 2).to(device),
                                valid_axis=valid_axis.view(-1, 1, 1, side).to(device),
                                steps=steps.view(-1, 1, 1, side).to(device),
                                pixels=(size.squeeze(1) ** 2).view(-1, 1).to(device), xy=xy.to(device))

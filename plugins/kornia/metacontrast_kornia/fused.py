@@ -171,23 +171,21 @@ def grayscale(canvas: Canvas, flag: Tensor) -> Canvas:
 
 def blur(canvas: Canvas, flag: Tensor, sigma: Tensor, kernels: tuple[int, ...]) -> Canvas:
     """Gaussian blur with per-image ``sigma (V, B)`` where ``flag (V, B)``, kernel side
-    ``kernels[v]`` and reflect padding at each view's own border: one pass per group of
-    views of one size."""
+    ``kernels[v]`` and reflect padding at each view's own border: one pass per run of
+    consecutive views of one size and kernel."""
     x = canvas.x
-    groups: dict[tuple[int, int], list[int]] = {}
+    runs: list[list[int]] = []  # [first, last, size, kernel]
     for v, (size, kernel) in enumerate(zip(canvas.sizes, kernels, strict=True)):
-        groups.setdefault((size, kernel), []).append(v)
-    if len(groups) == 1 and not canvas.mixed:  # one pass over the whole canvas
+        if runs and runs[-1][2:] == [size, kernel]:
+            runs[-1][1] = v + 1
+        else:
+            runs.append([v, v + 1, size, kernel])
+    if len(runs) == 1 and not canvas.mixed:  # one pass over the whole canvas, no copy
         v, b = x.shape[:2]
         out = _blur_rows(x.view(v * b, *x.shape[2:]), flag.reshape(-1), sigma.reshape(-1), kernels[0])
         return Canvas(out.view(x.shape), canvas.sizes)
     out = x.clone()
-    for (size, kernel), members in groups.items():
-        first, last = members[0], members[-1] + 1
-        if members != list(range(first, last)):  # not contiguous: one pass per view
-            for v in members:
-                out[v, :, :, :size, :size] = _blur_rows(x[v, :, :, :size, :size], flag[v], sigma[v], kernel)
-            continue
+    for first, last, size, kernel in runs:
         rows = x[first:last, :, :, :size, :size]
         n, b = rows.shape[:2]
         blurred = _blur_rows(rows.reshape(n * b, *rows.shape[2:]), flag[first:last].reshape(-1),
@@ -205,7 +203,7 @@ def solarize(canvas: Canvas, flag: Tensor, threshold: float) -> Canvas:
     flat = canvas.flat
     invert = (flat >= threshold) & flag[..., None, None]
     if canvas.mixed:
-        invert = invert & canvas.constants().valid.bool()
+        invert = invert & canvas.constants().valid_mask
     return canvas.with_flat(torch.where(invert, 1 - flat, flat))
 
 

@@ -58,12 +58,6 @@ class ViewSpec:
                         self.blur_sigma + other.blur_sigma, self.random_order)
 
 
-def uniform(shape: tuple[int, ...], low: float, high: float, generator: torch.Generator,
-            device: torch.device) -> Tensor:
-    """``shape`` draws from ``U(low, high)``."""
-    return low + (high - low) * torch.rand(shape, generator=generator, device=device)
-
-
 def _per_view(values: list[tuple[float, ...]], device: torch.device, dims: int) -> Tensor:
     """A constant ``(V, 1, ..., k)`` tensor of per-view values (``dims`` leading dims in all)."""
     v, k = len(values), len(values[0])
@@ -143,7 +137,3 @@ def derive(u: Tensor, spec: ViewSpec, height: int, width: int) -> dict[str, Tens
     p.update({"jitter_factors": amounts[..., :4], "jitter_order": order, "blur_sigma": amounts[..., 4]})
     return p
 
-
-def bernoulli(v: int, b: int, p: float, generator: torch.Generator, device: torch.device) -> Tensor:
-    """``(V, B)`` booleans, each true with probability ``p``."""
-    return torch.rand((v, b), generator=generator, device=device) < p

@@ -116,9 +116,12 @@ class SimCLRViews(ViewGenerator):
              generator: torch.Generator) -> dict[str, Tensor]:
         """Draw every random parameter for ``V`` views of ``batch_size`` images (one
         ``torch.rand`` call, see ``params.derive``)."""
-        u = torch.rand((self.config.n_views, batch_size, params.COLUMNS), generator=generator,
-                       device=generator.device)
-        return params.derive(u, self.spec, height, width)
+        return params.derive(self.uniforms(batch_size, generator), self.spec, height, width)
+
+    def uniforms(self, batch_size: int, generator: torch.Generator) -> Tensor:
+        """All of a step's randomness: ``(V, B, params.COLUMNS)`` uniforms."""
+        return torch.rand((self.config.n_views, batch_size, params.COLUMNS), generator=generator,
+                          device=generator.device)
 
     def apply(self, images: Tensor, p: dict[str, Tensor], v: int, size: int = 0) -> Tensor:
         """View ``v`` of uint8 ``images (B, C, H, W)`` under parameters ``p`` -> float
@@ -153,10 +156,7 @@ class SimCLRViews(ViewGenerator):
 
     def forward(self, batch: Batch, generator: torch.Generator) -> Views:
         with torch.autocast(batch.images.device.type, enabled=False):  # views stay float32
-            b = batch.images.shape[0]
-            u = torch.rand((self.config.n_views, b, params.COLUMNS), generator=generator,
-                           device=generator.device)
-            return self._views(batch, u)
+            return self._views(batch, self.uniforms(batch.images.shape[0], generator))
 
     def views_from_uniforms(self, batch: Batch, u: Tensor) -> Views:
         """The views of ``batch`` from the step's uniforms ``u (V, B, params.COLUMNS)``."""

@@ -180,7 +180,6 @@ def strong_rounds(canvas: Canvas, plan: RoundPlan) -> Canvas:
     valid = k.valid_mask if mixed else None
     interior = _interior(canvas.sizes, side, flat.device)
     kernel = constant(SMOOTH, flat.device, flat.dtype).view(1, 1, 3, 3).expand(c, 1, 3, 3)
-    pad_high = (1 - k.valid) * 2 if mixed else None  # lifts the padding above any level for minima
     bins = _histogram_bins(canvas.sizes, b, c, flat.device)
     for r in range(plan.grid.shape[0]):
         # geometric
@@ -196,7 +195,7 @@ def strong_rounds(canvas: Canvas, plan: RoundPlan) -> Canvas:
         smooth = torch.where(interior, smooth, flat)
         d = torch.addcmul(torch.addcmul(mean_term, plan.c_grey[r], g), plan.c_smooth[r], smooth)
         high = flat.amax(-1, keepdim=True)
-        low = (flat if pad_high is None else flat + pad_high).amin(-1, keepdim=True)
+        low = (flat + k.padding_lift if mixed else flat).amin(-1, keepdim=True)
         spread = high - low
         flat_channel = spread <= 0  # PIL leaves a flat channel as it is
         auto = plan.auto_contrast[r]

@@ -89,10 +89,13 @@ class WeakStrongViews(ViewGenerator):
     def draw(self, batch_size: int, height: int, width: int, generator: torch.Generator) -> dict[str, Tensor]:
         """Every random parameter of the weak and strong views, ``(V, B, ...)``, from one
         uniform draw (``parameters_from``)."""
+        return self.parameters_from(self.uniforms(batch_size, generator), height, width)
+
+    def uniforms(self, batch_size: int, generator: torch.Generator) -> Tensor:
+        """All of a step's randomness: ``(V, B, params.COLUMNS + 3 * rounds)`` uniforms."""
         v = self.n_weak + len(self.strong_sizes)
-        u = torch.rand((v, batch_size, params.COLUMNS + 3 * self.config.rounds), generator=generator,
-                       device=generator.device)
-        return self.parameters_from(u, height, width)
+        return torch.rand((v, batch_size, params.COLUMNS + 3 * self.config.rounds), generator=generator,
+                          device=generator.device)
 
     def parameters_from(self, u: Tensor, height: int, width: int) -> dict[str, Tensor]:
         """SimCLR's parameters of every view (``params.derive``) and, per round, an
@@ -141,11 +144,7 @@ class WeakStrongViews(ViewGenerator):
 
     def forward(self, batch: Batch, generator: torch.Generator) -> Views:
         with torch.autocast(batch.images.device.type, enabled=False):  # views stay float32
-            b = batch.images.shape[0]
-            v = self.n_weak + len(self.strong_sizes)
-            u = torch.rand((v, b, params.COLUMNS + 3 * self.config.rounds), generator=generator,
-                           device=generator.device)
-            return self._views(batch, u)
+            return self._views(batch, self.uniforms(batch.images.shape[0], generator))
 
     def views_from_uniforms(self, batch: Batch, u: Tensor) -> Views:
         """The views of ``batch`` from the step's uniforms ``u (V, B, params.COLUMNS + 3 *
