@@ -106,3 +106,18 @@ def test_torch_optimizers_use_fused_kernels_on_cuda_and_foreach_elsewhere():
                                 "momentum": 0.9, "betas": [0.9, 0.999], "exclude_bias_and_norm": True})
         opt = build_optimizer(cfg, model, 256)
         assert opt.defaults["foreach"] is True and not opt.defaults.get("fused"), name
+
+
+def test_lars_follows_a_group_setting_changed_between_steps():
+    torch.manual_seed(2)
+    w = torch.randn(6, 4)
+    param = nn.Parameter(w.clone())
+    opt = LARS([param], lr=0.5, momentum=0.9, weight_decay=1e-2, eta=0.02)
+    ref, buf = w.clone(), torch.zeros_like(w)
+    for wd in (1e-2, 0.5):
+        opt.param_groups[0]["weight_decay"] = wd
+        g = torch.randn_like(w)
+        param.grad = g.clone()
+        opt.step()
+        ((ref, buf),) = _lars_reference([ref], [g], [buf], 0.5, 0.9, wd, 0.02, True)
+        torch.testing.assert_close(param.detach(), ref, rtol=1e-5, atol=1e-6)

@@ -37,13 +37,14 @@ class LARS(torch.optim.Optimizer):
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "eta": eta,
                     "lars_adapt": True}
         super().__init__(params, defaults)
-        self._layout_key: tuple[int, ...] = ()
+        self._layout_key: tuple = ()
         self._layout: tuple[Tensor, Tensor, Tensor] | None = None
 
     def _constants(self, groups: list[tuple[dict, list[Tensor]]]) -> tuple[Tensor, Tensor, Tensor]:
-        """Per parameter (made once per set of parameters with gradients): weight decay,
-        eta (0 where the group does not adapt) and whether it adapts, as device vectors."""
-        key = tuple(id(p) for _, ps in groups for p in ps)
+        """Per parameter (made again only when the parameters with gradients or their
+        groups' settings change): weight decay, eta (0 where the group does not adapt) and
+        whether it adapts, as device vectors."""
+        key = tuple((id(p), g["weight_decay"], g["eta"], g["lars_adapt"]) for g, ps in groups for p in ps)
         if key != self._layout_key or self._layout is None:
             wd, eta, adapt = [], [], []
             for group, ps in groups:
