@@ -48,12 +48,13 @@ def ddm_loss(weak: Tensor, strong: list[Tensor], keys: Tensor, memory: Tensor, t
     """0-dim DDM: ``weak (B, D)`` queries give the target distributions, each ``strong[s]
     (B, D)`` is trained towards them; ``keys (B, D)`` positives, ``memory (M, D)``
     negatives (unit rows when ``memory_normalized``). Summed over strong views, averaged
-    over the batch. The weak and every strong query are scored in one product."""
+    over the batch. The weak and every strong query are scored in one product; the weak
+    rows become targets detached, so the backward does not run through their softmax."""
     b, n_strong = weak.shape[0], len(strong)
     queries = torch.cat([weak.detach(), *strong])  # (B (1 + S), D); the weak rows carry no gradient
     logits = positive_and_memory_logits(queries, keys.detach().repeat(1 + n_strong, 1), memory.detach(),
                                         temperature, memory_normalized=memory_normalized)
-    target = logits[:b].softmax(dim=1)  # (B, 1 + M)
+    target = logits[:b].detach().softmax(dim=1)  # (B, 1 + M): targets take no gradient
     log_p = logits[b:].log_softmax(dim=1).view(n_strong, b, -1)
     return -(target * log_p).sum(dim=-1).mean(dim=-1).sum()
 
