@@ -101,3 +101,5 @@ def test_compile_modes_are_checked_and_earlier_booleans_still_mean_something():
     assert compiling.compile_mode("step") == "step"
     with pytest.raises(ConfigError, match=r"trainer.compile: unknown mode 'graph'; available: off, encoder, step"):
         compiling.compile_mode("graph")
+    with pytest.raises(ConfigError, match=r"trainer.compile_backend: unknown backend 'indcutor'; available: .*inductor"):
+        compiling.compile_parts("step", torch.nn.Linear(2, 2), torch.nn.Identity(), [], backend="indcutor")

@@ -47,6 +47,10 @@ def compile_parts(mode: str, model: nn.Module, view_generator: nn.Module, view_t
     second-order step) keeps its forward eager, and so does its encoder."""
     if mode == "off":
         return []
+    backends = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in backends:
+        raise ConfigError(f"trainer.compile_backend: unknown backend {backend!r}; available: "
+                          f"{', '.join(b for b in backends if 'TESTING' not in b)}")
     warnings.filterwarnings("ignore", message=".*functools.lru_cache.*-wrapped function")  # pure, cached
     options = {"backend": backend, "dynamic": False}
     losses = getattr(model, "losses", {})
