@@ -39,11 +39,13 @@ class PairLayout:
     view-major, rank-major within a view, as ``distributed.gather_with_grad`` of each
     view stacks them). ``self_index (V*B,)``: each anchor's own column; ``self_mask
     (V*B, V*G)``: true there; ``positive (V*B,)``: for two views, the column of the
-    other view of the same image."""
+    other view of the same image. ``rank``, ``world_size``: whose layout it is."""
 
     self_index: Tensor
     self_mask: Tensor
     positive: Tensor | None
+    rank: int = 0
+    world_size: int = 1
 
 
 @functools.lru_cache(maxsize=64)
@@ -55,4 +57,5 @@ def pair_layout(batch: int, n_views: int, rank: int, world_size: int, device: to
         self_mask = self_index[:, None] == torch.arange(n_views * g)[None, :]
         positive = (self_index + g) % (2 * g) if n_views == 2 else None
         return PairLayout(self_index=self_index.to(device), self_mask=self_mask.to(device),
-                          positive=None if positive is None else positive.to(device))
+                          positive=None if positive is None else positive.to(device), rank=rank,
+                          world_size=world_size)

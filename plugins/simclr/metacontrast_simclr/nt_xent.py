@@ -36,7 +36,8 @@ def nt_xent_of_views(z: Tensor, temperature: float, *, gather: bool = True,
     """NT-Xent of ``z (2B, D)``, the projections of view 0 of B images then of view 1
     (an all-pairs episode's rows): row ``i`` and row ``i + B`` are a positive pair. 0-dim,
     float32. Which columns are an anchor's own and its positive is the episode's
-    ``pair_layout`` (made here when not given)."""
+    ``pair_layout`` (made here when not given, or when it is another world's than the one
+    the candidates are gathered from)."""
     if z.dim() != 2 or z.shape[0] % 2:
         raise ShapeError(f"nt_xent: z must be (2B, D), two views of B images, got {tuple(z.shape)}")
     b = z.shape[0] // 2
@@ -45,7 +46,7 @@ def nt_xent_of_views(z: Tensor, temperature: float, *, gather: bool = True,
     candidates = zn
     if gather and world.world_size > 1:  # (2n, D): every rank's view 0, then every rank's view 1
         candidates = torch.cat([distributed.gather_with_grad(zn[:b]), distributed.gather_with_grad(zn[b:])])
-    if layout is None:
+    if layout is None or (layout.rank, layout.world_size) != (world.rank, world.world_size):
         layout = pair_layout(b, 2, world.rank, world.world_size, z.device)
     logits = (zn @ candidates.T).div_(temperature)  # (2b, 2n)
     logits = logits.masked_fill(layout.self_mask, torch.finfo(logits.dtype).min)
@@ -86,7 +87,4 @@ class NTXentLoss(Loss):
                              "with soft targets)")
         emb = inputs.embeddings
         z = emb.z if not emb.online_views else torch.cat([emb.view(0, 2), emb.view(1, 2)])
-        world = distributed.current() if self.gather else distributed.WorldInfo()
-        same_world = (ep.rank, ep.world_size) == (world.rank, world.world_size)
-        layout = ep.pair_layout if same_world else None  # the episode's, when it spans the ranks gathered
-        return nt_xent_of_views(z, self.temperature, gather=self.gather, layout=layout)
+        return nt_xent_of_views(z, self.temperature, gather=self.gather, layout=ep.pair_layout)
