@@ -109,6 +109,26 @@ def _check_single_view_readers(losses: dict[str, Any], solver: Any) -> None:
                               f"teacher.exclusive=false")
 
 
+def check_component_configs(cfg: DictConfig, plugins: PluginManager) -> None:
+    """Check every component section against its component's ``Config`` (unknown keys,
+    types, the component's own value checks) without building anything: run before any
+    data is read, so a bad value fails in a moment, naming its key."""
+    sections = [("view_generator", "views", _node(cfg, "views")),
+                ("episode_builder", "episode", _node(cfg, "episode")),
+                ("encoder", "encoder", _node(cfg, "encoder")), ("head", "head", _node(cfg, "head"))]
+    for kind, key in (("solver", "solver"), ("memory", "memory")):
+        if OmegaConf.select(cfg, key) is not None:
+            sections.append((kind, key, _node(cfg, key)))
+    for kind, key in (("view_generator", "view_transforms"), ("loss", "loss"), ("evaluator", "eval")):
+        for name, params in _named_map(cfg, key).items():
+            params = {k: v for k, v in params.items() if not (kind == "loss" and k == "weight")}
+            sections.append((kind, f"{key}.{name}", {"name": name, **params}))
+    for kind, key, params in sections:
+        params = dict(params)
+        cls = plugins.get(kind, str(params.pop("name")), key=f"{key}.name")
+        component_config(cls, key, params)
+
+
 def build_components(cfg: DictConfig, plugins: PluginManager, context: BuildContext) -> Components:
     """Build every component the config names, encoder first (its D sizes the head)."""
     view_generator = build_one(plugins, "view_generator", "views", _node(cfg, "views"), context)
@@ -152,8 +172,6 @@ def build_components(cfg: DictConfig, plugins: PluginManager, context: BuildCont
                 raise
             raise ConfigError(f"eval.{name}: {err}") from None
         evaluators[name].key = name
-    if int(cfg.trainer.forward_chunks) < 1:
-        raise ConfigError(f"trainer.forward_chunks: must be >= 1, got {cfg.trainer.forward_chunks}")
     teacher = None
     if OmegaConf.select(cfg, "teacher") is not None:
         t = cfg.teacher

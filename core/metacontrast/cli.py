@@ -40,6 +40,7 @@ def _errors() -> tuple[type[BaseException], ...]:
 def compose_with_plugins(args: list[str]):
     """Compose once to read the ``plugins`` section, load the plugins it allows, then
     compose again with the config directories those plugins ship."""
+    from metacontrast.builder import check_component_configs
     from metacontrast.config import compose_config
     from metacontrast.plugins import PluginManager
     from metacontrast.targets import check_targets
@@ -49,6 +50,7 @@ def compose_with_plugins(args: list[str]):
     plugins = PluginManager(autoload=section.autoload, block=section.block)
     cfg = compose_config(args, searchpath=plugins.config_searchpath())
     check_targets(cfg, plugins.allowed_targets(), source="the config files and overrides")
+    check_component_configs(cfg, plugins)
     return cfg, plugins
 
 

@@ -1,7 +1,8 @@
 """Typed config schema and composition of the hydra ``configs/`` groups.
 
 The fixed sections (``data``, ``optim``, ``trainer``, ``evaluation``, ``plugins``) are
-typed dataclasses, so a misspelt key or a wrong type fails at composition. Component
+typed dataclasses, so a misspelt key or a wrong type fails at composition, and their
+values are checked there too (``metacontrast.schema_checks``). Component
 sections (``views``, ``episode``, ``encoder``, ``head``, ``solver``, ``memory``, and the
 name-keyed ``loss`` and ``eval`` maps) are checked against the chosen component's own
 ``Config`` when it is built (``metacontrast.builder``), again naming the full key.
@@ -18,6 +19,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
+
+from metacontrast.schema_checks import check_values
 
 CONFIG_DIR_ENV = "METACONTRAST_CONFIG_DIR"
 
@@ -268,6 +271,7 @@ def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str
         raise ConfigError(_one_line(err)) from None
     finally:
         GlobalHydra.instance().clear()
+    check_values(cfg)
     return cfg
 
 
@@ -292,6 +296,8 @@ def from_yaml(text: str) -> DictConfig:
     _register_schema()
     loaded = OmegaConf.create(text)
     try:
-        return OmegaConf.merge(OmegaConf.structured(Config), loaded)
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), loaded)
     except Exception as err:
         raise ConfigError(f"stored config: {_one_line(err)}") from None
+    check_values(cfg, where="the stored config")
+    return cfg

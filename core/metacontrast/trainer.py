@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from metacontrast import distributed
-from metacontrast.builder import Components, build_components
+from metacontrast.builder import Components, build_components, check_component_configs
 from metacontrast.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
@@ -49,7 +49,7 @@ from metacontrast.evaluation import (
     update_best,
 )
 from metacontrast.graphs import GraphedStep, check_capturable
-from metacontrast.guards import NONFINITE_POLICIES, StepHealth, clip_gradients
+from metacontrast.guards import StepHealth, clip_gradients
 from metacontrast.host import tune_glibc_malloc
 from metacontrast.interfaces import BuildContext
 from metacontrast.metrics import MetricsLogger
@@ -200,20 +200,12 @@ def setup(cfg: DictConfig, plugins: PluginManager | None = None) -> Run:
     if device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
     dtype = resolve_precision(str(t.precision), device)
-    if t.accumulate < 1:
-        raise ConfigError(f"trainer.accumulate: must be >= 1, got {t.accumulate}")
     if t.cuda_graphs:
         check_capturable(device, world.world_size, int(t.accumulate), dtype)
-        if t.cuda_graph_warmup < 2:  # the first makes the constants; the last is checked for host reads
-            raise ConfigError(f"trainer.cuda_graph_warmup: must be >= 2, got {t.cuda_graph_warmup}")
-    if t.nonfinite not in NONFINITE_POLICIES:
-        raise ConfigError(f"trainer.nonfinite: unknown policy {t.nonfinite!r}; available: halt, skip")
-    for key in ("grad_clip_norm", "grad_clip_value", "max_consecutive_skips"):
-        if t[key] < 0:
-            raise ConfigError(f"trainer.{key}: must be >= 0, got {t[key]}")
     plugins = plugins or PluginManager(autoload=cfg.plugins.autoload, block=cfg.plugins.block)
     allowed_targets = plugins.allowed_targets()
     check_targets(cfg, allowed_targets, source="the config")  # before anything is built
+    check_component_configs(cfg, plugins)  # before any data is read
 
     ev = cfg.evaluation
     if ev.stop_at_target and not str(ev.target_metric):
