@@ -241,8 +241,8 @@ def test_component_params_checked_against_component_config():
     (["trainer.batch_sise=3"], "trainer.batch_sise"),
     (["encoder.name=vit"], "unknown encoder 'vit'; available: channel_split, conv4, resnet18, resnet50"),
     (["data=cifar10", "data.root=/does/not/exist"], "data.root: /does/not/exist does not exist"),
-    (["optim.name=adagrad"], "optim.name: unknown optimizer 'adagrad'"),
-    (["trainer.precision=fp8"], "trainer.precision: unknown precision 'fp8'"),
+    (["optim.name=adagrad"], "optim.name: must be one of lars, sgd, adam, adamw, got 'adagrad'"),
+    (["trainer.precision=fp8"], "trainer.precision: must be one of auto, bf16, fp16, fp32, got 'fp8'"),
 ])
 def test_cli_bad_input_is_one_line_and_writes_nothing(args, expected, tmp_path, capsys):
     run_dir = tmp_path / "run"

@@ -129,8 +129,10 @@ def test_negative_control_without_restored_augmentation_rng(tmp_path, monkeypatc
 
 def test_resume_with_another_config_is_refused(tmp_path):
     trainer.fit(_cfg(tmp_path / "run"))
+    checkpoint = list_checkpoints(tmp_path / "run" / "checkpoints")[-1]
     with pytest.raises(ConfigError, match=r"encoder: checkpoint .* was made with encoder="):
-        trainer.fit(_cfg(tmp_path / "run", "encoder.hidden=32"))
+        trainer.fit(_cfg(tmp_path / "other", "encoder.hidden=32", f"trainer.resume={checkpoint}"))
+    assert not (tmp_path / "other").exists()
 
 
 def test_failed_save_leaves_previous_checkpoint_and_no_temp_file(tmp_path):

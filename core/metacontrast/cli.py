@@ -21,7 +21,16 @@ commands:
                                            train -m / train --multirun
   report RUN_DIR [RUN_DIR ...] [--out DIR] Markdown report with PNG plots of finished runs
                                            (a sweep directory stands for all its runs)
+
+options (before the command):
+  --debug      show the traceback of an error (also METACONTRAST_DEBUG=1)
+
+exit status: 0 done; 1 the operating system refused (a file or directory that cannot be
+read or written, a full disk); 2 a mistake in the command or config, or a run directory
+that another process holds or that holds a finished run; 130 / 143 stopped by SIGINT /
+SIGTERM (training checkpoints first; the same command resumes).
 """
+DEBUG_ENV = "METACONTRAST_DEBUG"
 
 
 def _errors() -> tuple[type[BaseException], ...]:
@@ -136,8 +145,23 @@ COMMANDS = {"train": _train, "eval": _eval, "plugins": _plugins, "config": _conf
             "multirun": _multirun, "report": _report}
 
 
+def _os_error(err: OSError) -> str:
+    """One line for an operating-system error: the path and the cause."""
+    where = f"{err.filename}: " if err.filename else ""
+    cause = err.strerror or str(err) or type(err).__name__
+    return f"{where}{cause}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    from metacontrast.threads import prepare_environment
+
+    prepare_environment()  # before torch is first imported
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    if argv and argv[0] == "--debug":
+        debug, argv = True, argv[1:]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0 if argv else 2
@@ -162,8 +186,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"metacontrast: {stopped}", file=sys.stderr)
         return stopped.exit_code
     except _errors() as err:
+        if debug:
+            raise
         print(f"metacontrast: error: {err}", file=sys.stderr)
-        return 2
+        return int(getattr(err, "exit_code", 2))
+    except OSError as err:
+        if debug:
+            raise
+        print(f"metacontrast: error: {_os_error(err)} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("metacontrast: interrupted (SIGINT); nothing half-written is left behind", file=sys.stderr)
+        return 130
+    except Exception as err:  # a bug, or a peer rank's failure seen from here
+        if debug:
+            raise
+        report_failure(err)
+        return 1
     finally:
         # leave the process group before exiting: an interpreter that exits with gloo's
         # threads still running can abort (SIGABRT) instead of returning its status
@@ -172,12 +213,48 @@ def main(argv: list[str] | None = None) -> int:
         shutdown()
 
 
-def entry_point() -> None:
-    """Console script: ``main`` with torchrun's error recording, so a rank that fails with
-    an unexpected exception has its traceback in torchrun's summary."""
-    from torch.distributed.elastic.multiprocessing.errors import record
+def report_failure(err: BaseException) -> None:
+    """Report an unexpected exception: its traceback to stderr and, under torchrun, into the
+    error file torchrun reads (``TORCHELASTIC_ERROR_FILE``, in torchrun's format) so that it
+    heads torchrun's summary.
 
-    sys.exit(record(main)())
+    It runs before this process leaves the process group (``main``'s ``finally``): a rank
+    that fails has reported by the time its peers notice it is gone and fail in turn, and
+    torchrun, which stops the other workers with SIGTERM as soon as one has ended, cannot
+    cut the first rank's report short. SIGTERM is held back while reporting, and the error
+    file is written whole or not at all (a temporary file renamed into place), so torchrun
+    never reads half a file."""
+    import os
+    import signal
+    import tempfile
+    import time
+    import traceback
+
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        text = "".join(traceback.format_exception(err))
+        sys.stderr.write(text)
+        sys.stderr.flush()
+        path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+        if path:
+            data = {"message": {"message": f"{type(err).__name__}: {err}",
+                                "extraInfo": {"py_callstack": text, "timestamp": str(int(time.time()))}}}
+            fd, tmp = tempfile.mkstemp(prefix=".error.", dir=os.path.dirname(path) or ".")
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f)
+            os.replace(tmp, path)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def entry_point() -> None:
+    """Console script: ``main``, with Python's fault handler on (a crash in native code
+    prints every thread's stack) and unexpected exceptions reported for torchrun
+    (``report_failure``)."""
+    import faulthandler
+
+    faulthandler.enable(all_threads=True)
+    sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
 class MetricsLogger:
     """Writes rows to ``run_dir/metrics.jsonl`` and, when enabled, TensorBoard scalars to
-    ``run_dir/tensorboard``; shows a tqdm progress bar over steps. Only rank 0 logs."""
+    ``run_dir/tensorboard``; shows a tqdm progress bar over steps. Only rank 0 logs.
+    ``heartbeat``: called after every row (the run's session clock)."""
 
     def __init__(self, run_dir: Path, *, enabled: bool, total_steps: int, initial_step: int,
-                 progress: bool, tensorboard: bool) -> None:
+                 progress: bool, tensorboard: bool, heartbeat: Callable[[], None] | None = None) -> None:
         self.enabled = enabled
+        self._heartbeat = heartbeat
         self._file = None
         self._tb = None
         self._bar = None
@@ -24,7 +27,9 @@ class MetricsLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+            # events of steps after ``initial_step`` (from a process that died before its
+            # next checkpoint) are dropped: the resumed run logs those steps again
+            self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"), purge_step=initial_step + 1)
         if progress:
             from tqdm import tqdm
 
@@ -37,6 +42,8 @@ class MetricsLogger:
         assert self._file is not None
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
+        if self._heartbeat is not None:
+            self._heartbeat()
         if self._tb is not None:
             for k, v in row.items():
                 if k != "step" and isinstance(v, int | float):

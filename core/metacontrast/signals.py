@@ -24,8 +24,9 @@ class StopRequested(Exception):  # noqa: N818 (a request, not an error)
     def __init__(self, signum: int, step: int, checkpoint: Path | None) -> None:
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
         where = f"; checkpoint {checkpoint}" if checkpoint else ""
+        run_dir = f" in {Path(checkpoint).parent.parent}" if checkpoint else ""
         super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}{where}; "
-                         f"run the same command again to resume")
+                         f"run the same command again to resume{run_dir}")
 
     @property
     def exit_code(self) -> int:

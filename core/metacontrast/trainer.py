@@ -56,8 +56,18 @@ from metacontrast.metrics import MetricsLogger
 from metacontrast.optim import build_optimizer, build_scheduler
 from metacontrast.plugins import PluginManager
 from metacontrast.records import Batch, EvalInputs, LossTerms, StepInputs, StepState
+from metacontrast.run_dirs import (
+    RunDirError,
+    RunDirUnwritableError,
+    SessionClock,
+    claim,
+    cut_metrics,
+    write_text_atomic,
+)
+from metacontrast.schema_checks import check_values
 from metacontrast.signals import StopRequested, StopSignals
 from metacontrast.targets import check_targets
+from metacontrast.threads import apply_threads
 
 # Config sections a checkpoint must agree on to be resumed or evaluated.
 STRUCTURAL_KEYS = ("encoder", "head", "solver", "loss", "memory", "episode", "views", "view_transforms",
@@ -183,16 +193,17 @@ class Run:
 
 
 def default_run_dir(cfg: DictConfig) -> Path:
+    """Where a run built without claiming a directory (``setup`` alone, as the benchmarks
+    do) would write; ``fit`` claims one instead (``metacontrast.run_dirs``)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{cfg.method_name}-{cfg.data.name}-{stamp}"
 
 
-def setup(cfg: DictConfig, plugins: PluginManager | None = None) -> Run:
+def setup(cfg: DictConfig, plugins: PluginManager | None = None, run_dir: Path | None = None) -> Run:
     """Build a run from a composed config. Nothing is written to disk here, so a config
-    that fails to build leaves no trace."""
+    that fails to build leaves no trace. ``run_dir``: the directory ``fit`` claimed."""
     t = cfg.trainer
-    if t.threads > 0:
-        torch.set_num_threads(int(t.threads))
+    apply_threads(int(t.threads))
     device = resolve_device(str(t.device))
     if t.tune_host_malloc:
         tune_glibc_malloc()
@@ -257,8 +268,9 @@ def setup(cfg: DictConfig, plugins: PluginManager | None = None) -> Run:
     generator = torch.Generator(device=device)
     generator.manual_seed(int(t.seed) * 7919 + 1 + world.rank)  # ranks draw different views
 
-    run_dir = Path(str(t.run_dir)) if t.run_dir else default_run_dir(cfg)
-    run_dir = Path(str(distributed.broadcast_object(str(run_dir))))
+    if run_dir is None:
+        run_dir = Path(str(t.run_dir)) if t.run_dir else default_run_dir(cfg)
+        run_dir = Path(str(distributed.broadcast_object(str(run_dir))))
     return Run(cfg=cfg, run_dir=run_dir, world=world, device=device, data=data,
                components=components, plugins=plugins, wrapped=wrapped, optimizer=optimizer,
                scheduler=scheduler, scaler=scaler, sampler=sampler, generator=generator,
@@ -764,24 +776,55 @@ def train_steps(run: Run, logger: MetricsLogger, stop: StopSignals | None = None
             _end_epoch(run, logger, terms)
 
 
+@contextlib.contextmanager
+def claimed_run_dir(cfg: DictConfig, world: distributed.WorldInfo, *,
+                    allow_finished: bool = False) -> Iterator[Path]:
+    """The run directory rank 0 claims (``metacontrast.run_dirs.claim``), known to every
+    rank; a refusal is raised on every rank."""
+    with contextlib.ExitStack() as stack:
+        refused, path = "", ""
+        if world.is_main:
+            try:
+                path = str(stack.enter_context(claim(cfg, allow_finished=allow_finished)))
+            except RunDirError as err:
+                refused = (type(err).__name__, str(err))
+        refused, path = distributed.broadcast_object((refused, path))  # type: ignore[misc]
+        if refused:
+            kind = RunDirUnwritableError if refused[0] == RunDirUnwritableError.__name__ else RunDirError
+            raise kind(refused[1])
+        yield Path(path)
+
+
 def fit(cfg: DictConfig, plugins: PluginManager | None = None) -> dict[str, Any]:
-    """Pre-train, then evaluate; returns the content written to ``results.json``."""
+    """Pre-train, then evaluate; returns the content written to ``results.json``. The run
+    directory is claimed (locked, checked writable) before any work."""
+    world = distributed.init_from_env(resolve_device(str(cfg.trainer.device)).type)
+    with claimed_run_dir(cfg, world) as run_dir:
+        return _fit_in(cfg, plugins, run_dir)
+
+
+def _fit_in(cfg: DictConfig, plugins: PluginManager | None, run_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
-    run = setup(cfg, plugins)
+    session = SessionClock(run_dir) if distributed.current().is_main else None
+    run = setup(cfg, plugins, run_dir=run_dir)
     resume = load_resume_checkpoint(run)
     if resume is not None:
         restore(run, *resume)
     elif run.world.is_main:
         evaluate_baselines(run)
     if run.world.is_main:
-        run.run_dir.mkdir(parents=True, exist_ok=True)
-        (run.run_dir / "config.yaml").write_text(to_yaml(cfg))
+        dropped = cut_metrics(run.run_dir, run.position.step)
+        write_text_atomic(run.run_dir / "config.yaml", to_yaml(cfg))
         if resume is not None:
             print(f"resuming from {resume[0]} at step {run.position.step}", file=sys.stderr)
+        if dropped:
+            print(f"metrics.jsonl: {dropped} rows logged after step {run.position.step} by an earlier "
+                  f"process removed (those steps run again)", file=sys.stderr)
     distributed.barrier()
     logger = MetricsLogger(run.run_dir, enabled=run.world.is_main, total_steps=run.total_steps,
                            initial_step=run.position.step, progress=bool(cfg.trainer.progress),
-                           tensorboard=bool(cfg.trainer.tensorboard))
+                           tensorboard=bool(cfg.trainer.tensorboard),
+                           heartbeat=None if session is None else session.touch)
     try:
         with StopSignals() as stop:
             train_steps(run, logger, stop)
@@ -789,9 +832,9 @@ def fit(cfg: DictConfig, plugins: PluginManager | None = None) -> dict[str, Any]
                 save_checkpoint(run)
     finally:
         logger.close()
-    train_seconds = time.perf_counter() - started
     results: dict[str, Any] = {}
     if run.world.is_main:
+        assert session is not None
         pretrained = (evaluate_encoder(run, run.model.encoder, project=True)
                       if run.components.evaluators else {})
         metrics = {"pretrained": pretrained}
@@ -799,8 +842,9 @@ def fit(cfg: DictConfig, plugins: PluginManager | None = None) -> dict[str, Any]
         # the final evaluation competes with the periodic ones for "best"
         final = {k: v for k, v in pretrained.items() if k in run.best_metrics}
         update_best(run.best_metrics, final, epoch=run.position.epoch, step=run.position.step)
-        results = describe_run(run, metrics, train_seconds)
-        (run.run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        results = describe_run(run, metrics, session.total_s())
+        results["this_process_s"] = round(time.perf_counter() - started, 1)
+        write_text_atomic(run.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
         if run.compile_watch is not None:
             report = run.compile_watch.report()
             if report.recompiles or report.graph_breaks or report.eager:
@@ -862,6 +906,7 @@ def describe_run(run: Run, metrics: dict[str, dict[str, float]], seconds: float)
         "world_size": run.world.world_size,
         "torch": torch.__version__,
         "metacontrast": __version__,
+        # every process that worked on the run, each from its start to its last sign of life
         "wall_clock_s": round(seconds, 1),
         "train_images_for_eval": int(_eval_train_index(run).shape[0]),
         "unreadable_files": run.data.unreadable_files,
@@ -879,11 +924,26 @@ def describe_run(run: Run, metrics: dict[str, dict[str, float]], seconds: float)
     }
 
 
+# what the baselines' numbers depend on besides the (unchanged) encoder architecture
+BASELINE_KEYS = ("eval", "evaluation", "data", "trainer.seed")
+
+
+def _same_settings(a: DictConfig, b: DictConfig, keys: tuple[str, ...]) -> bool:
+    def plain(cfg: DictConfig, key: str) -> Any:
+        node = OmegaConf.select(cfg, key)
+        return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+    return all(plain(a, k) == plain(b, k) for k in keys)
+
+
 def evaluate_checkpoint(path: Path, overrides: list[str],
                         plugins: PluginManager | None = None) -> dict[str, Any]:
     """Evaluate the encoder stored in checkpoint ``path`` with its own config, changed by
     dotted ``overrides`` (e.g. ``data.root=...``, ``eval.knn.k=20``). Writes
-    ``results.json`` into ``<run_dir>/eval/`` (or ``trainer.run_dir`` when overridden)."""
+    ``results.json`` into ``<run_dir>/eval/`` (or ``trainer.run_dir`` when overridden).
+    The baselines stored with the checkpoint are reused only when the evaluation settings
+    are the ones they were measured with; otherwise they are measured again, so every
+    metric of ``results.json`` comes from the settings it states."""
     path = Path(path)
     payload = load_safe(path)
     stored = from_yaml(payload["config"])
@@ -893,24 +953,30 @@ def evaluate_checkpoint(path: Path, overrides: list[str],
         cfg = OmegaConf.merge(stored, OmegaConf.from_dotlist(overrides))
     except Exception as err:
         raise ConfigError(f"override: {str(err).splitlines()[0]}") from None
+    check_values(cfg)
     check_compatible(stored, cfg, path)
-    default_dir = path.parent.parent / "eval"
     if not any(o.startswith("trainer.run_dir=") for o in overrides):
-        cfg.trainer.run_dir = str(default_dir)
-    started = time.perf_counter()
-    run = setup(cfg, plugins)
-    try:
-        run.model.load_state_dict(payload["model"])
-    except RuntimeError as err:
-        raise CheckpointError(f"checkpoint {path} does not fit the configured model: "
-                              f"{str(err).splitlines()[0]}") from None
-    run.position = Position(**payload["position"])
-    run.baseline_metrics = dict(payload.get("baseline_metrics", {}))
-    metrics = {"pretrained": evaluate_encoder(run, run.model.encoder, project=True)}
-    metrics.update(run.baseline_metrics)
-    results = describe_run(run, metrics, time.perf_counter() - started)
-    results["checkpoint"] = str(path)
-    if run.world.is_main:
-        run.run_dir.mkdir(parents=True, exist_ok=True)
-        (run.run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        cfg.trainer.run_dir = str(path.parent.parent / "eval")
+    world = distributed.init_from_env(resolve_device(str(cfg.trainer.device)).type)
+    with claimed_run_dir(cfg, world, allow_finished=True) as run_dir:
+        started = time.perf_counter()
+        run = setup(cfg, plugins, run_dir=run_dir)
+        reuse = _same_settings(stored, cfg, BASELINE_KEYS) and "baseline_metrics" in payload
+        if reuse:
+            run.baseline_metrics = dict(payload["baseline_metrics"])
+        elif run.world.is_main:
+            evaluate_baselines(run)  # on the encoder as setup built it: the same seed's initial weights
+        try:
+            run.model.load_state_dict(payload["model"])
+        except RuntimeError as err:
+            raise CheckpointError(f"checkpoint {path} does not fit the configured model: "
+                                  f"{str(err).splitlines()[0]}") from None
+        run.position = Position(**payload["position"])
+        metrics = {"pretrained": evaluate_encoder(run, run.model.encoder, project=True)}
+        metrics.update(run.baseline_metrics)
+        results = describe_run(run, metrics, time.perf_counter() - started)
+        results["checkpoint"] = str(path)
+        results["baselines_from"] = "checkpoint" if reuse else "measured now"
+        if run.world.is_main:
+            write_text_atomic(run.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
     return results
