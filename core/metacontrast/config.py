@@ -146,7 +146,7 @@ class TrainerConfig:
     resume: str = "auto"
     progress: bool = True
     tensorboard: bool = True
-    threads: int = 0
+    threads: int = 0  # 0: the cores the process can use (metacontrast.threads)
     tune_host_malloc: bool = True
     grad_clip_norm: float = 0.0
     grad_clip_value: float = 0.0

@@ -1,22 +1,29 @@
-"""How many threads a run uses, and how they wait: a fair share on a busy machine.
+"""How many threads a run uses, and how long they spin: a fairer share on a busy machine.
 
 torch parallelises each CPU operation over OpenMP threads, one per core by default, and
 every operation ends at a barrier where all of them must have finished. On a machine
 where other processes compete for the cores, one of those threads is often descheduled:
-the others reach the barrier and, with OpenMP's default active wait, spin there, burning
-the very time slices the late thread needs. A step of thousands of small operations then
-pays that at every one of them (docs/benchmarks.md, "the main job's step on a busy
-machine", measures it). Two settings keep the step near its fair share:
+the others reach the barrier and, with GNU OpenMP's default, spin there for some 300,000
+rounds before they sleep, burning the time slices the late thread needs. A step of
+thousands of small operations pays that at every one of them: the README's main job ran
+16 times slower with 4 competitors on 2 cores, where a fair share is 3 times
+(docs/benchmarks.md, "the main job's step on a busy machine"). Two defaults:
 
-- ``OMP_WAIT_POLICY=PASSIVE`` (set by ``prepare_environment`` before torch is imported,
-  unless the environment already says otherwise): a thread that waits sleeps at once and
-  gives its core away.
+- ``GOMP_SPINCOUNT=100000`` (set by ``prepare_environment`` before torch is imported,
+  unless the environment sets ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY``): a waiting
+  thread gives its core away three times sooner. On a quiet machine this costs nothing
+  measurable; sleeping at once (``OMP_WAIT_POLICY=PASSIVE``) cost 20% there.
 - threads from the cores the process can actually get (``cpu_budget``): its CPU affinity,
   capped by the cgroup's CPU quota (containers, CI runners and batch schedulers set one;
-  ``os.cpu_count()`` sees the whole host).
+  ``os.cpu_count()`` sees the whole host), shared among the processes torchrun started.
+
+The thread count is fixed for the run, never changed with the load: results depend on it
+(a different count sums in a different order), and runs with the same seed and count are
+bit-identical. On a machine that stays busy, ``trainer.threads=1`` avoids the barriers
+altogether and was within the fair share at every load measured.
 
 ``METACONTRAST_THREAD_POLICY=off`` leaves both to torch's defaults; ``trainer.threads``
-still sets the thread count by hand.
+sets the thread count by hand.
 """
 
 from __future__ import annotations
@@ -62,11 +69,15 @@ def cpu_budget() -> int:
     return max(1, cores)
 
 
+SPIN_COUNT = "100000"
+
+
 def prepare_environment() -> None:
     """Before torch is imported (OpenMP reads it once, when torch loads it): waiting
-    threads sleep instead of spinning, unless the environment sets a wait policy."""
-    if policy_on():
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    threads spin ``SPIN_COUNT`` rounds before they sleep, unless the environment sets a
+    spin count or a wait policy."""
+    if policy_on() and "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
+        os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
 
 
 def apply_threads(setting: int) -> int:
