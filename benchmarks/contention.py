@@ -1,9 +1,10 @@
 """The main job's train step on a busy machine: 0, 1, 2 and 4 CPU-bound competitors.
 
 Each cell runs the README's main job (``experiment=digits_simclr``: SimCLR, Conv-4, batch
-128 of the embedded digits) in a fresh process while ``n`` processes spin on the CPU, and
-takes the median of its step times (a step is timed as ``trainer.take_step`` takes it,
-after two warm-up steps; at least ``--steps`` steps or ``--seconds`` of stepping). The
+128 of the embedded digits) in ``--rounds`` fresh processes while ``n`` processes spin on
+the CPU, and takes the median of their median step times (a step is timed as
+``trainer.take_step`` takes it, after two warm-up steps; at least ``--steps`` steps or
+``--seconds`` of stepping). The
 fair-share expectation is the quiet step x (1 + competitors / cores): what the step would
 take if the process got its share of the cores and lost nothing else.
 
@@ -75,15 +76,20 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def measure(variant: str, competitors: int, args: argparse.Namespace) -> dict:
+    """The median of ``args.rounds`` fresh processes' median step times."""
     spec = VARIANTS[variant]
     env = {**os.environ, **spec["env"]}
     command = [sys.executable, __file__, "--worker", "--overrides", json.dumps(spec["overrides"]),
                "--steps", str(args.steps), "--seconds", str(args.seconds)]
-    with busy(competitors):
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
-    if done.returncode != 0:
-        sys.exit(f"{variant} with {competitors} competitors failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    found = []
+    for _ in range(args.rounds):
+        with busy(competitors):
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
+        if done.returncode != 0:
+            sys.exit(f"{variant} with {competitors} competitors failed:\n{done.stderr[-3000:]}")
+        found.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return {"median": statistics.median(f["median"] for f in found), "threads": found[0]["threads"],
+            "steps": sum(f["steps"] for f in found)}
 
 
 def main() -> None:
@@ -94,6 +100,7 @@ def main() -> None:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--rounds", type=int, default=3, help="fresh processes per cell; the median counts")
     p.add_argument("--write", action="store_true")
     args = p.parse_args()
     if args.worker:
@@ -121,7 +128,8 @@ def main() -> None:
                             "fair share (ms)", "step / fair share", "steps timed"], rows)
     body = (f"### The main job's step on a busy machine\n\n"
             f"Command: `.venv/bin/python benchmarks/contention.py --write`\n\nMachine: {machine()}. "
-            f"The README's main job (`experiment=digits_simclr`, batch 128) in a fresh process per cell "
+            f"The README's main job (`experiment=digits_simclr`, batch 128), {args.rounds} fresh "
+            f"processes per cell (the median of their median steps) "
             f"while `n` processes spin on the {cores} cores; fair share = the variant's quiet step x "
             f"(1 + n / {cores}).\n\n{table}")
     print(body)

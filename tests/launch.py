@@ -8,7 +8,10 @@ import sys
 
 from .conftest import REPO
 
-HANG_GUARD_S = 240  # a subprocess still running after this long has hung: the test fails
+# a subprocess still running after this long has hung: the test fails. Generous on purpose:
+# on a machine loaded with other work the same job can take many times its quiet time, and
+# a guard must not turn slowness into a failure (every job here ends in seconds when quiet)
+HANG_GUARD_S = 900
 
 
 def cli_command(overrides: list[str], nproc: int = 0, restarts: int = 0) -> list[str]:

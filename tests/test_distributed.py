@@ -15,6 +15,8 @@ from torch import nn
 
 from metacontrast.distributed import GlobalBatchNorm, convert_sync_batchnorm
 
+from .launch import HANG_GUARD_S
+
 WORKER = Path(__file__).with_name("ddp_equivalence_worker.py")
 
 
@@ -26,7 +28,7 @@ def _run(world: int, out: Path, gather: bool = True, method: str = "simclr", spa
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
                str(WORKER), str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=HANG_GUARD_S)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -107,7 +109,7 @@ def test_torchrun_trains_two_steps_end_to_end(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "metacontrast.cli", "train", *TINY, "trainer.batch_size=8", "trainer.sync_batchnorm=true",
            f"trainer.run_dir={run_dir}"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_GUARD_S,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     results = json.loads((run_dir / "results.json").read_text())
@@ -123,7 +125,7 @@ def test_shuffled_forward_mixes_ranks_and_returns_rows_in_place(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker),
            str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          timeout=240)
+                          timeout=HANG_GUARD_S)
     assert done.returncode == 0, done.stdout + done.stderr
     parts = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     for p in parts:
@@ -156,7 +158,7 @@ def test_torchrun_trains_clsa_with_shuffled_keys_and_a_shared_queue(tmp_path):
            "encoder.pool=avg", "views.strong_sizes=[16]", "memory.size=40", "trainer.batch_size=8",
            "head.hidden_dim=32", "head.out_dim=16", "trainer.checkpoint_every=1", "trainer.keep_checkpoints=0",
            f"trainer.run_dir={run_dir}"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_GUARD_S,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     checkpoints = sorted((run_dir / "checkpoints").iterdir())
@@ -180,7 +182,7 @@ def test_sharded_periodic_evaluation_equals_rank_zero_alone(tmp_path):
                "-m", "metacontrast.cli", "train", *TINY, "trainer.batch_size=8", "trainer.max_steps=0",
                "data.train_subset=48", "trainer.eval_every_epochs=1", "evaluation.baselines=[]",
                "evaluation.train_subset=101", f"evaluation.sharded={shard}", f"trainer.run_dir={run_dir}"]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_GUARD_S,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
         rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]

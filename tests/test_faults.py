@@ -105,6 +105,16 @@ def test_a_failing_rank_ends_the_job_with_its_traceback(tmp_path):
     assert "Traceback" in log
 
 
+def test_a_failing_rank_slow_to_report_still_ends_the_job_with_its_traceback(tmp_path):
+    # the report comes before the rank leaves the process group: its peers wait for it
+    done = launch(tmp_path / "run", "trainer.max_steps=1000", "trainer.epochs=1000", raise_="1:2",
+                  slow_report="4")
+    assert done.returncode != 0
+    log = output(done)
+    assert "RuntimeError: injected failure on rank 1 at step 2" in log
+    assert "JSONDecodeError" not in log
+
+
 def test_torchrun_restart_resumes_and_finishes_like_an_uninterrupted_run(straight, tmp_path):
     run_dir = tmp_path / "restarted"
     done = launch(run_dir, restarts=1, kill="1:4")

@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from metacontrast import cli, trainer
-from metacontrast.checkpoint import list_checkpoints
+from metacontrast.checkpoint import list_checkpoints, load_safe
 from metacontrast.config import compose_config
 from metacontrast.run_dirs import RunDirError, RunLock, config_digest, cut_metrics, unfinished_run
 
@@ -119,6 +120,12 @@ def test_the_same_command_after_sigterm_resumes_the_same_run_and_after_the_end_s
     assert third.returncode == 0, third.stderr
     assert len(list((tmp_path / "runs").iterdir())) == 2
     assert (run_dir / "results.json").read_bytes() == finished
+    # ... an uninterrupted run, which the stopped and resumed one matches exactly
+    (straight,) = set((tmp_path / "runs").iterdir()) - {run_dir}
+    resumed, uninterrupted = (load_safe(list_checkpoints(d / "checkpoints")[-1]) for d in (run_dir, straight))
+    assert resumed["model"].keys() == uninterrupted["model"].keys()
+    assert all(torch.equal(resumed["model"][k], uninterrupted["model"][k]) for k in resumed["model"])
+    assert resumed["position"] == uninterrupted["position"]
 
 
 def test_after_kill_9_the_same_command_resumes_with_no_duplicated_metric_rows(tmp_path):

@@ -14,6 +14,8 @@ from metacontrast import cli
 from metacontrast.config import Config, compose_config
 from metacontrast.schema_checks import RULES, UNCHECKED
 
+from .launch import HANG_GUARD_S
+
 # key -> values a user might type that must be refused at composition
 BAD: dict[str, list[str]] = {
     "data.image_size": ["-1"],
@@ -130,7 +132,7 @@ def test_the_cases_that_once_gave_tracebacks_now_exit_2(tmp_path, capsys):
         assert capsys.readouterr().err.startswith(f"metacontrast: error: {key}: must be ")
     # and from a real process, where a traceback would show
     proc = subprocess.run([sys.executable, "-m", "metacontrast.cli", "train", "trainer.batch_size=0",
-                           f"trainer.run_dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300)
+                           f"trainer.run_dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr == "metacontrast: error: trainer.batch_size: must be >= 1, got 0\n"
     assert not (tmp_path / "run").exists()

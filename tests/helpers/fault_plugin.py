@@ -12,6 +12,9 @@ on ``PYTHONPATH``); each behaviour is switched on by an environment variable:
                         generator's state before the views were drawn.
 - ``FAULT_NO_RESTORE=rng|optimizer``  resume without restoring the RNG streams or the
                         optimizer state (negative controls).
+- ``FAULT_SLOW_REPORT=SECONDS``  ``json.dump`` (which writes torchrun's error files) pauses
+                        halfway for that long, as a write on a machine too busy to finish it
+                        promptly: a signal arriving then cuts the file in two.
 """
 
 from __future__ import annotations
@@ -82,3 +85,20 @@ if os.environ.get("FAULT_NO_RESTORE") == "optimizer":
     import torch
 
     torch.optim.Optimizer.load_state_dict = lambda self, state_dict: None
+
+
+if os.environ.get("FAULT_SLOW_REPORT"):
+    import time
+
+    _delay = float(os.environ["FAULT_SLOW_REPORT"])
+    _dump = json.dump
+
+    def _slow_dump(obj: Any, fp: Any, *args: Any, **kwargs: Any) -> None:
+        """Write the first half, pause, write the rest: a write a signal can cut in two."""
+        text = json.dumps(obj, *args, **kwargs)
+        fp.write(text[: len(text) // 2])
+        fp.flush()
+        time.sleep(_delay)
+        fp.write(text[len(text) // 2:])
+
+    json.dump = _slow_dump

@@ -30,9 +30,14 @@ TINY = ["experiment=digits_simclr", "trainer=debug", "trainer.device=cpu", "trai
 MESSAGE = "RuntimeError: injected failure on rank 1 at step 2"
 
 
-def one_run(run_dir: Path) -> tuple[bool, bool, float]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "tests" / "helpers"),
+def one_run(run_dir: Path, code: str = "", slow_report: float = 0.0) -> tuple[bool, bool, float]:
+    """``code``: directories put before the installed packages (another checkout's
+    ``core`` and plugins, to run the scenario on other code)."""
+    path = os.pathsep.join([*filter(None, code.split(os.pathsep)), str(REPO / "tests" / "helpers")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path,
            "METACONTRAST_PLUGINS": "fault_plugin", "FAULT_RAISE": "1:2"}
+    if slow_report:
+        env["FAULT_SLOW_REPORT"] = str(slow_report)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "metacontrast.cli", "train", *TINY, f"trainer.run_dir={run_dir}"]
     started = time.perf_counter()
@@ -46,11 +51,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--load", type=int, default=4, help="CPU-bound competitors")
+    parser.add_argument("--slow-report", type=float, default=0.0,
+                        help="seconds added to formatting the failing rank's traceback")
+    parser.add_argument("--code", default="", help="PYTHONPATH entries to run other code (os.pathsep-separated)")
     args = parser.parse_args()
     good = torn = 0
     with busy(args.load), tempfile.TemporaryDirectory() as tmp:
         for i in range(args.runs):
-            ok, json_error, seconds = one_run(Path(tmp) / f"run{i}")
+            ok, json_error, seconds = one_run(Path(tmp) / f"run{i}", args.code, args.slow_report)
             good += ok
             torn += json_error
             print(f"run {i + 1}/{args.runs}: {'traceback reached the user' if ok else 'MISSING'}"

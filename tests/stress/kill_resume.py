@@ -72,7 +72,7 @@ def main() -> None:
         straight, killed = Path(tmp) / "straight", Path(tmp) / "killed"
         subprocess.run(command(straight, args.steps, args.checkpoint_every), env=env, check=True,
                        capture_output=True)
-        kills = 0
+        kills = in_writes = 0
         while kills < args.kills:
             before = progress(killed)
             proc = subprocess.Popen(command(killed, args.steps, args.checkpoint_every), env=env,
@@ -90,8 +90,11 @@ def main() -> None:
             proc.wait()
             kills += 1
             newest = list_checkpoints(killed / "checkpoints")
+            torn = [p.name for p in killed.rglob(".*.tmp")]  # writes the kill cut short
+            in_writes += bool(torn)
             print(f"kill {kills}: at metrics row {progress(killed)}, newest checkpoint "
-                  f"{newest[-1].name if newest else 'none'}", flush=True)
+                  f"{newest[-1].name if newest else 'none'}{', inside a write: ' + ', '.join(torn) if torn else ''}",
+                  flush=True)
         done = subprocess.run(command(killed, args.steps, args.checkpoint_every), env=env,
                               capture_output=True, text=True)
         if done.returncode != 0:
@@ -109,7 +112,8 @@ def main() -> None:
         checks["no temporary files left"] = not leftovers
         for name, ok in checks.items():
             print(f"{name}: {'same' if ok else 'DIFFERENT'}")
-        print(f"{kills} kills; {'all checks hold' if all(checks.values()) else 'FAILED'}")
+        print(f"{kills} kills ({in_writes} inside a write); "
+              f"{'all checks hold' if all(checks.values()) else 'FAILED'}")
         sys.exit(0 if all(checks.values()) else 1)
 
 
