@@ -210,6 +210,11 @@ def test_ctrl_c_in_any_phase_exits_130_in_one_line_and_debug_shows_tracebacks(tm
     assert not (tmp_path / "run" / "results.json").exists()
     with pytest.raises(KeyboardInterrupt):
         cli.main(["--debug", "train", *RESUMING, f"trainer.run_dir={tmp_path / 'run'}"])
+    # SIGTERM outside training (a scheduler's stop during the baselines): 143, one line
+    monkeypatch.setattr(trainer, "evaluate_baselines", lambda run: os.kill(os.getpid(), signal.SIGTERM))
+    assert cli.main(["train", *RESUMING, f"trainer.run_dir={tmp_path / 'run'}"]) == 143
+    assert capsys.readouterr().err == "metacontrast: stopped by SIGTERM; nothing half-written is left behind\n"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     monkeypatch.setenv("METACONTRAST_DEBUG", "1")
     with pytest.raises(ValueError, match="trainer.batch_size"):
         cli.main(["train", "trainer.batch_size=0"])
@@ -253,3 +258,4 @@ def test_the_lock_holder_removes_temporaries_a_killed_writer_left(tmp_path):
     with claim(compose_config([*RESUMING, f"trainer.run_dir={tmp_path}"])) as run_dir:
         assert run_dir == tmp_path
         assert not any(p.exists() for p in stale) and kept.read_bytes() == b"whole"
+

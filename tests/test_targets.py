@@ -85,6 +85,7 @@ def test_checkpoint_config_targets_are_refused_on_eval_and_resume(tmp_path):
     save_atomic(payload, path)
     with pytest.raises(UnsafeTargetError, match=rf"encoder.hook._target_: _target_ 'os.system' is not allowed \(from checkpoint {path}\)"):
         trainer.evaluate_checkpoint(path, [])
+    (run_dir / "results.json").unlink()  # an unfinished run, which the same config resumes
     with pytest.raises(UnsafeTargetError, match=rf"from checkpoint {path}"):
         trainer.fit(cfg)  # auto-resume reads the same checkpoint
 

@@ -22,6 +22,15 @@ FORMAT_VERSION = 1
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written or read; the message names the path."""
 
+    exit_code = 2
+
+
+class CheckpointWriteError(CheckpointError):
+    """The operating system refused a checkpoint write (a full disk, a read-only or vanished
+    directory): exit status 1, as for every operating-system error."""
+
+    exit_code = 1
+
 
 def save_atomic(payload: dict[str, Any], path: Path) -> None:
     """Write ``payload`` to ``path`` atomically. On failure the previous file at ``path``
@@ -43,7 +52,8 @@ def save_atomic(payload: dict[str, Any], path: Path) -> None:
         finally:
             os.close(dir_fd)
     except Exception as err:
-        raise CheckpointError(f"could not write checkpoint {path}: {type(err).__name__}: {err}") from err
+        kind = CheckpointWriteError if isinstance(err, OSError) else CheckpointError
+        raise kind(f"could not write checkpoint {path}: {type(err).__name__}: {err}") from err
     finally:
         if tmp_name is not None and os.path.exists(tmp_name):
             os.unlink(tmp_name)

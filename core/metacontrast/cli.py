@@ -173,10 +173,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"metacontrast: error: unknown command {argv[0]!r}; commands: "
               f"{', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    from metacontrast.signals import StopRequested
+    from metacontrast.signals import StopRequested, Terminated, terminate_as_exception
 
     try:
-        return command(argv[1:])
+        with terminate_as_exception():
+            return command(argv[1:])
+    except Terminated:
+        if debug:
+            raise
+        print("metacontrast: stopped by SIGTERM; nothing half-written is left behind", file=sys.stderr)
+        return 143
     except StopRequested as stopped:
         import signal
 

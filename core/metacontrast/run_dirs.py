@@ -222,6 +222,7 @@ def claim(cfg: DictConfig, *, holder: bool = True, allow_finished: bool = False,
         run_dir, given = choose_run_dir(cfg, root)
         # made here: a given directory that was not there, or a new default one
         made = not existed if given else not (run_dir / RUN_INFO).exists()
+        first = not (run_dir / RUN_INFO).exists()  # no earlier process claimed it
         run_dir.mkdir(parents=True, exist_ok=True)
         lock = RunLock(run_dir)
         lock.acquire()
@@ -242,8 +243,8 @@ def claim(cfg: DictConfig, *, holder: bool = True, allow_finished: bool = False,
             print(f"run directory: {run_dir}", file=sys.stderr, flush=True)
         yield run_dir
     except BaseException:
-        if made:
-            _remove_if_only_bookkeeping(run_dir)
+        if first:
+            _remove_if_only_bookkeeping(run_dir, remove_dir=made)
         raise
     finally:
         lock.release()
@@ -264,12 +265,22 @@ def remove_stale_temporaries(run_dir: Path) -> int:
 BOOKKEEPING = {LOCK_NAME, RUN_INFO, "sessions", "config.yaml"}
 
 
-def _remove_if_only_bookkeeping(run_dir: Path) -> None:
-    """A directory this process made for a run that failed before writing anything of its
-    own (a config that does not build, data that is not there) goes again."""
+def _remove_if_only_bookkeeping(run_dir: Path, remove_dir: bool) -> None:
+    """The first run in a directory failed before writing anything of its own (a config
+    that does not build, data that is not there): its bookkeeping goes again, and the
+    directory too when this process made it."""
     with contextlib.suppress(OSError):
-        if {p.name for p in run_dir.iterdir()} <= BOOKKEEPING:
+        if not {p.name for p in run_dir.iterdir()} <= BOOKKEEPING:
+            return
+        if remove_dir:
             shutil.rmtree(run_dir)
+            return
+        for name in BOOKKEEPING:
+            path = run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def cut_metrics(run_dir: Path, step: int) -> int:

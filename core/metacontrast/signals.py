@@ -9,9 +9,11 @@ into exit status ``128 + signal`` (143 for SIGTERM). A second SIGINT stops at on
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType, TracebackType
 
@@ -60,3 +62,27 @@ class StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
         self._previous.clear()
+
+
+class Terminated(BaseException):
+    """SIGTERM outside training (loading, baselines, final evaluation): the command line
+    ends with exit status 143 and one line, like an interruption."""
+
+
+@contextlib.contextmanager
+def terminate_as_exception() -> Iterator[None]:
+    """While inside (main thread only), SIGTERM raises ``Terminated`` instead of killing
+    the process at once, so that cleanups run; training installs its own handler
+    (``StopSignals``) on top, and the previous handler comes back on leaving."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, frame: FrameType | None) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
