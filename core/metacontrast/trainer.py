@@ -130,12 +130,16 @@ def use_deterministic_algorithms(on: bool) -> None:
     torch.backends.cudnn.deterministic = on
 
 
+def plain_setting(cfg: DictConfig, key: str) -> Any:
+    """The value at dotted ``key`` as plain Python (sections as dicts), for comparing configs."""
+    node = OmegaConf.select(cfg, key)
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
 def check_compatible(stored: DictConfig, current: DictConfig, source: Path) -> None:
     """Refuse a checkpoint whose structural config differs, naming the first key."""
     for key in STRUCTURAL_KEYS:
-        a, b = OmegaConf.select(stored, key), OmegaConf.select(current, key)
-        a = OmegaConf.to_container(a, resolve=True) if isinstance(a, DictConfig) else a
-        b = OmegaConf.to_container(b, resolve=True) if isinstance(b, DictConfig) else b
+        a, b = plain_setting(stored, key), plain_setting(current, key)
         if a != b:
             raise ConfigError(f"{key}: checkpoint {source} was made with {key}={a!r}, the config "
                               f"says {b!r}; use a new trainer.run_dir or the matching config")
@@ -928,14 +932,6 @@ def describe_run(run: Run, metrics: dict[str, dict[str, float]], seconds: float)
 BASELINE_KEYS = ("eval", "evaluation", "data", "trainer.seed")
 
 
-def _same_settings(a: DictConfig, b: DictConfig, keys: tuple[str, ...]) -> bool:
-    def plain(cfg: DictConfig, key: str) -> Any:
-        node = OmegaConf.select(cfg, key)
-        return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-
-    return all(plain(a, k) == plain(b, k) for k in keys)
-
-
 def evaluate_checkpoint(path: Path, overrides: list[str],
                         plugins: PluginManager | None = None) -> dict[str, Any]:
     """Evaluate the encoder stored in checkpoint ``path`` with its own config, changed by
@@ -961,7 +957,8 @@ def evaluate_checkpoint(path: Path, overrides: list[str],
     with claimed_run_dir(cfg, world, allow_finished=True) as run_dir:
         started = time.perf_counter()
         run = setup(cfg, plugins, run_dir=run_dir)
-        reuse = _same_settings(stored, cfg, BASELINE_KEYS) and "baseline_metrics" in payload
+        reuse = (all(plain_setting(stored, k) == plain_setting(cfg, k) for k in BASELINE_KEYS)
+                 and "baseline_metrics" in payload)
         if reuse:
             run.baseline_metrics = dict(payload["baseline_metrics"])
         elif run.world.is_main:
