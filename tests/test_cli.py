@@ -43,7 +43,7 @@ def test_plugins_and_usage(capsys):
     out = capsys.readouterr().out
     assert "builtin  [metacontrast" in out and "kornia  [metacontrast-kornia" in out
     assert main(["bogus"]) == 2
-    assert "unknown command 'bogus'" in capsys.readouterr().err
+    assert "invalid choice: 'bogus'" in capsys.readouterr().err
 
 
 def test_a_failed_save_during_training_exits_non_zero_naming_the_path(tmp_path, capsys, monkeypatch):

@@ -83,6 +83,11 @@ def build_one(plugins: PluginManager, kind: str, key: str, params: dict[str, Any
     return cls(component_config(cls, key, params), context)
 
 
+def build_encoder(cfg: DictConfig, plugins: PluginManager, context: BuildContext) -> Encoder:
+    """The encoder alone (``metacontrast export``, ``metacontrast.load_encoder``)."""
+    return build_one(plugins, "encoder", "encoder", _node(cfg, "encoder"), context)
+
+
 def _named_map(cfg: DictConfig, key: str) -> dict[str, dict[str, Any]]:
     node = OmegaConf.select(cfg, key)
     if node is None:

@@ -1,36 +1,114 @@
-"""Command line: ``metacontrast train|eval|plugins``."""
+"""Command line: ``metacontrast train|eval|export|plugins|config|multirun|report``.
+
+Every command is an ``argparse`` sub-command with its own ``--help``; hydra overrides
+(``key=value``, ``+key=value``, ``~key``) are its positional arguments.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
 from metacontrast import __version__
 
-USAGE = """usage: metacontrast <command> [overrides ...]
-
-commands:
-  train [key=value ...]                    pre-train, then evaluate (hydra overrides,
-                                           e.g. data=cifar10 data.root=DIR encoder=resnet18)
-  eval checkpoint=PATH [key=value ...]     evaluate a checkpoint's encoder
-  plugins                                  list plugins and the components they register
-  config [key=value ...]                   print the composed config
-  multirun [--dir DIR] [key=a,b ...]       one train per combination of the swept values
-                                           (hydra sweep syntax: a,b  range(0,3)); also
-                                           train -m / train --multirun
-  report RUN_DIR [RUN_DIR ...] [--out DIR] Markdown report with PNG plots of finished runs
-                                           (a sweep directory stands for all its runs)
-
-options (before the command):
-  --debug      show the traceback of an error (also METACONTRAST_DEBUG=1)
-
-exit status: 0 done; 1 the operating system refused (a file or directory that cannot be
-read or written, a full disk); 2 a mistake in the command or config, or a run directory
-that another process holds or that holds a finished run; 130 / 143 stopped by SIGINT /
-SIGTERM (training checkpoints first; the same command resumes).
-"""
 DEBUG_ENV = "METACONTRAST_DEBUG"
+
+EXIT_CODES = """exit status:
+  0    done
+  1    the operating system refused (a file or directory that cannot be read or
+       written, a full disk)
+  2    a mistake in the command or config, or a run directory that another process
+       holds or that holds a finished run
+  130  stopped by SIGINT (training checkpoints first; the same command resumes)
+  143  stopped by SIGTERM (likewise)"""
+
+DESCRIPTION = """Contrastive self-supervised learning and meta-learning as one thing: every training
+batch is an episode. `metacontrast <command> --help` describes each command."""
+
+EXAMPLES = {
+    "train": """examples:
+  metacontrast train                                   the main job (digits, SimCLR, Conv-4)
+  metacontrast train method=protonet trainer.max_steps=20
+  metacontrast train experiment=cifar10_simclr_fast data.root=DIR
+  metacontrast train trainer.run_dir=runs/mine         resume it with the same command
+  metacontrast train -m method=simclr,byol trainer.seed=0,1   one run per combination""",
+    "eval": """examples:
+  metacontrast eval checkpoint=runs/X/checkpoints/step-000000100.pt
+  metacontrast eval checkpoint=PATH eval=[linear] eval.linear.epochs=200""",
+    "export": """formats:
+  torchvision  a state_dict for the torchvision model of the same architecture
+  timm         a state_dict for timm.create_model(<name>, num_classes=0)
+  state_dict   the encoder module as metacontrast builds it (any encoder)
+Beside OUT, OUT.json says how to build the model (stem changes, the classifier's
+replacement) and how to normalise its input; metacontrast.load_encoder(OUT) does it.
+
+examples:
+  metacontrast export checkpoint=runs/X/checkpoints/step-000000100.pt format=torchvision out=r18.pt
+  python -c 'import metacontrast; print(metacontrast.load_encoder("r18.pt"))'""",
+    "plugins": """Lists each installed plugin, the components it registers, and the options of
+every config group (what to type after group=).""",
+    "config": """examples:
+  metacontrast config method=moco_v2 encoder=resnet18_cifar""",
+    "multirun": """examples:
+  metacontrast multirun --dir sweeps/seeds method=simclr,byol trainer.seed=range(0,3)
+  (running it again skips finished jobs and resumes the others)""",
+    "report": """examples:
+  metacontrast report runs/A runs/B --out reports/ab
+  metacontrast report sweeps/seeds           (a sweep directory stands for all its runs)""",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors raised (exit 2 through ``main``) instead of exiting."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+class UsageError(ValueError):
+    """A mistake in the command line itself (unknown command or flag, missing argument)."""
+
+
+def _add(sub, name: str, help_text: str, *, overrides: str | None = None) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help_text, description=help_text,
+                            epilog=EXAMPLES.get(name, "") + "\n\n" + EXIT_CODES,
+                            formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    if overrides is not None:
+        parser.add_argument("overrides", nargs="*", metavar="key=value", help=overrides)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="metacontrast", description=DESCRIPTION, epilog=EXIT_CODES,
+                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of an error (also {DEBUG_ENV}=1)")
+    parser.add_argument("--version", action="version", version=f"metacontrast {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=_Parser)
+    train = _add(sub, "train", "pre-train, then evaluate",
+                 overrides="hydra overrides: group=option (data=cifar10 encoder=resnet18) or key=value")
+    train.add_argument("-m", "--multirun", action="store_true",
+                       help="one run per combination of the swept values (as `metacontrast multirun`)")
+    train.add_argument("--dir", help="with -m: the sweep directory")
+    _add(sub, "eval", "evaluate a checkpoint's encoder",
+         overrides="checkpoint=PATH (required), then overrides of the stored config")
+    _add(sub, "export", "write a checkpoint's encoder as a torchvision, timm or plain state_dict",
+         overrides="checkpoint=PATH (a file, or a run directory: its last checkpoint) "
+                   "format=torchvision|timm|state_dict out=FILE")
+    _add(sub, "plugins", "list plugins, their components and the config options")
+    _add(sub, "config", "print the composed config", overrides="hydra overrides, as for train")
+    multirun = _add(sub, "multirun", "one train per combination of the swept values",
+                    overrides="hydra sweep syntax: key=a,b  key=range(0,3)")
+    multirun.add_argument("--dir", help="the sweep directory (default multirun/<time>)")
+    report = _add(sub, "report", "a Markdown report with PNG plots of finished runs")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                        help="run directories (a sweep directory stands for all its runs)")
+    report.add_argument("--out", help="where to write the report (default: beside the runs)")
+    help_cmd = sub.add_parser("help", help="this help, or a command's: help <command>")
+    help_cmd.add_argument("topic", nargs="?", metavar="<command>")
+    return parser
 
 
 def _errors() -> tuple[type[BaseException], ...]:
@@ -43,7 +121,7 @@ def _errors() -> tuple[type[BaseException], ...]:
     from metacontrast.trainer import TrainingError
 
     return (CheckpointError, ConfigError, DatasetError, PluginError, UnknownComponentError,
-            ShapeError, TrainingError, ReportError)
+            ShapeError, TrainingError, ReportError, UsageError)
 
 
 def compose_with_plugins(args: list[str]):
@@ -63,86 +141,124 @@ def compose_with_plugins(args: list[str]):
     return cfg, plugins
 
 
-def _train(args: list[str]) -> int:
-    if any(a in ("-m", "--multirun") for a in args):
-        return _multirun([a for a in args if a not in ("-m", "--multirun")])
+def _check_overrides(args: list[str], command: str) -> None:
+    for a in args:
+        if "=" not in a and not a.startswith("~"):
+            raise UsageError(f"metacontrast {command}: {a!r} is not an override (key=value, "
+                             f"+key=value or ~key; see metacontrast {command} --help)")
+
+
+def _key_values(args: list[str], command: str, keys: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
+    """``key=value`` arguments named in ``keys`` taken out of ``args``; the rest returned."""
+    found: dict[str, str] = {}
+    rest = []
+    for a in args:
+        key, _, value = a.partition("=")
+        if key in keys:
+            if key in found:
+                raise UsageError(f"metacontrast {command}: {key} given twice")
+            found[key] = value
+        else:
+            rest.append(a)
+    return found, rest
+
+
+def _train(ns: argparse.Namespace) -> int:
+    if ns.multirun:
+        return _multirun(ns)
+    if ns.dir:
+        raise UsageError("metacontrast train: --dir goes with -m (a sweep); a run's directory is "
+                         "trainer.run_dir=DIR")
     from metacontrast.trainer import fit
 
-    cfg, plugins = compose_with_plugins(args)
+    cfg, plugins = compose_with_plugins(ns.overrides)
     results = fit(cfg, plugins)
-    if results:
-        print(json.dumps({"run_dir": results["run_dir"], "metrics": results["metrics"]}, indent=2))
+    if "metrics" in results:  # rank 0
+        from metacontrast.summary import print_summary
+
+        print_summary(results)
     return 0
 
 
-def _eval(args: list[str]) -> int:
-    from metacontrast.config import ConfigError
+def _eval(ns: argparse.Namespace) -> int:
     from metacontrast.trainer import evaluate_checkpoint
 
-    paths = [a.split("=", 1)[1] for a in args if a.startswith("checkpoint=")]
-    if len(paths) != 1:
-        raise ConfigError("checkpoint: eval needs exactly one checkpoint=PATH")
-    rest = [a for a in args if not a.startswith("checkpoint=")]
-    results = evaluate_checkpoint(Path(paths[0]), rest)
-    print(json.dumps({"run_dir": results["run_dir"], "metrics": results["metrics"]}, indent=2))
+    found, rest = _key_values(ns.overrides, "eval", ("checkpoint",))
+    if not found.get("checkpoint"):
+        raise UsageError("metacontrast eval: needs checkpoint=PATH (see metacontrast eval --help)")
+    results = evaluate_checkpoint(Path(found["checkpoint"]), rest)
+    from metacontrast.summary import print_summary
+
+    print_summary(results)
     return 0
 
 
-def _plugins(args: list[str]) -> int:
+def _export(ns: argparse.Namespace) -> int:
+    from metacontrast.export import FORMATS, write_export
+
+    found, rest = _key_values(ns.overrides, "export", ("checkpoint", "format", "out"))
+    if rest:
+        raise UsageError(f"metacontrast export: unknown argument {rest[0]!r}; it takes checkpoint=PATH "
+                         f"format={'|'.join(FORMATS)} out=FILE")
+    missing = [k for k in ("checkpoint", "format", "out") if not found.get(k)]
+    if missing:
+        raise UsageError(f"metacontrast export: needs {' '.join(k + '=...' for k in missing)} "
+                         f"(see metacontrast export --help)")
+    written = write_export(Path(found["checkpoint"]), found["format"], Path(found["out"]))
+    print(written.describe())
+    return 0
+
+
+def _plugins(ns: argparse.Namespace) -> int:
     from metacontrast.plugins import PluginManager, describe
 
     print(describe(PluginManager()))
     return 0
 
 
-def _config(args: list[str]) -> int:
+def _config(ns: argparse.Namespace) -> int:
     from metacontrast.config import to_yaml
 
-    cfg, _ = compose_with_plugins(args)
+    cfg, _ = compose_with_plugins(ns.overrides)
     print(to_yaml(cfg), end="")
     return 0
 
 
-def _option(args: list[str], flag: str) -> tuple[str | None, list[str]]:
-    """``--flag VALUE`` or ``--flag=VALUE`` taken out of ``args``."""
-    rest, value = [], None
-    it = iter(args)
-    for a in it:
-        if a == flag:
-            value = next(it, None)
-            if value is None:
-                from metacontrast.config import ConfigError
-
-                raise ConfigError(f"{flag}: needs a value")
-        elif a.startswith(flag + "="):
-            value = a.split("=", 1)[1]
-        else:
-            rest.append(a)
-    return value, rest
-
-
-def _multirun(args: list[str]) -> int:
+def _multirun(ns: argparse.Namespace) -> int:
     from metacontrast.multirun import run_sweep
 
-    sweep_dir, rest = _option(args, "--dir")
-    return run_sweep(rest, Path(sweep_dir) if sweep_dir else None)
+    return run_sweep(list(ns.overrides), Path(ns.dir) if ns.dir else None)
 
 
-def _report(args: list[str]) -> int:
+def _report(ns: argparse.Namespace) -> int:
     from metacontrast.report import write_report
 
-    out, paths = _option(args, "--out")
-    if not paths:
-        from metacontrast.report import ReportError
-
-        raise ReportError("report: give at least one run directory")
-    path = write_report([Path(p) for p in paths], Path(out) if out else None)
+    path = write_report([Path(p) for p in ns.run_dirs], Path(ns.out) if ns.out else None)
     print(path)
     return 0
 
 
-COMMANDS = {"train": _train, "eval": _eval, "plugins": _plugins, "config": _config,
+COMMANDS = {"train": _train, "eval": _eval, "export": _export, "plugins": _plugins, "config": _config,
             "multirun": _multirun, "report": _report}
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | int:
+    """The parsed command line, or the exit status when parsing already answered (help)."""
+    try:
+        ns = parser.parse_args(argv)
+    except SystemExit as done:  # --help and --version print and exit 0
+        return int(done.code or 0)
+    if ns.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    if ns.command == "help":
+        if ns.topic and ns.topic not in COMMANDS:
+            raise UsageError(f"metacontrast help: unknown command {ns.topic!r}; "
+                             f"commands: {', '.join(COMMANDS)}")
+        return _parse(parser, [ns.topic, "--help"] if ns.topic else ["--help"])
+    if hasattr(ns, "overrides"):
+        _check_overrides(ns.overrides, ns.command)
+    return ns
 
 
 def _os_error(err: OSError) -> str:
@@ -159,25 +275,20 @@ def main(argv: list[str] | None = None) -> int:
 
     prepare_environment()  # before torch is first imported
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
-    if argv and argv[0] == "--debug":
-        debug, argv = True, argv[1:]
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE, end="")
-        return 0 if argv else 2
-    if argv[0] == "--version":
-        print(f"metacontrast {__version__}")
-        return 0
-    command = COMMANDS.get(argv[0])
-    if command is None:
-        print(f"metacontrast: error: unknown command {argv[0]!r}; commands: "
-              f"{', '.join(COMMANDS)}", file=sys.stderr)
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0") or "--debug" in argv[:1]
+    try:
+        parsed = _parse(build_parser(), argv)
+    except UsageError as err:
+        print(f"{err}", file=sys.stderr)
         return 2
+    if isinstance(parsed, int):
+        return parsed
+    command = COMMANDS[parsed.command]
     from metacontrast.signals import StopRequested, Terminated, terminate_as_exception
 
     try:
         with terminate_as_exception():
-            return command(argv[1:])
+            return command(parsed)
     except Terminated:
         if debug:
             raise

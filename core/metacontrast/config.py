@@ -255,8 +255,14 @@ def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str
 
     Errors (unknown group option, misspelt key, wrong type) become one-line
     ``ConfigError``s naming the key."""
+    from metacontrast.config_options import refused_hydra_override, unknown_option_message
+
     _register_schema()
     overrides = list(overrides)
+    for override in overrides:
+        refusal = refused_hydra_override(override)
+        if refusal:
+            raise ConfigError(refusal)
     if searchpath:
         given = [o for o in overrides if o.startswith("hydra.searchpath=")]
         extra = [o.split("=", 1)[1].strip("[]") for o in given]
@@ -268,7 +274,8 @@ def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
             cfg = compose(config_name=config_name, overrides=list(overrides))
     except Exception as err:  # hydra raises several types; all are config errors here
-        raise ConfigError(_one_line(err)) from None
+        message = _one_line(err)
+        raise ConfigError(unknown_option_message(message, searchpath) or message) from None
     finally:
         GlobalHydra.instance().clear()
     check_values(cfg)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from metacontrast.imageops import normalize
 from metacontrast.interfaces import Evaluator
+from metacontrast.phases import SILENT, Announcer
 from metacontrast.records import EvalInputs
 
 
@@ -37,16 +38,20 @@ def extract_features(encoder: nn.Module, images: Tensor, *, mean: Sequence[float
     return torch.cat(out)
 
 
-def run_evaluators(evaluators: Mapping[str, Evaluator], inputs: EvalInputs) -> dict[str, float]:
+def run_evaluators(evaluators: Mapping[str, Evaluator], inputs: EvalInputs, *,
+                   announce: Announcer = SILENT, label: str = "") -> dict[str, float]:
     """Every evaluator's metrics on ``inputs`` (frozen features are extracted once and
     shared). Evaluators that need the encoder are skipped when ``inputs.encoder`` is None
-    (the raw-pixel baseline). Two evaluators reporting one metric name are refused."""
+    (the raw-pixel baseline). Two evaluators reporting one metric name are refused.
+    ``announce``/``label``: each evaluator's start and time are announced as
+    ``<label>: <name> (i/n)``."""
     metrics: dict[str, float] = {}
     owner: dict[str, str] = {}
-    for name, ev in evaluators.items():
-        if ev.NEEDS_ENCODER and inputs.encoder is None:
-            continue
-        for metric, value in ev.run(inputs).items():
+    chosen = {n: ev for n, ev in evaluators.items() if not (ev.NEEDS_ENCODER and inputs.encoder is None)}
+    for i, (name, ev) in enumerate(chosen.items(), 1):
+        with announce.phase(f"{label}: {name} ({i}/{len(chosen)})"):
+            results = ev.run(inputs)
+        for metric, value in results.items():
             if metric in owner:
                 raise ValueError(f"eval.{name}: reports {metric!r}, which eval.{owner[metric]} reports "
                                  f"too; keep one of them")

@@ -87,18 +87,45 @@ class ViewGenerator(nn.Module):
         raise NotImplementedError
 
 
+@attrs.frozen
+class ExportSpec:
+    """How an encoder's weights load into another library's own model
+    (``metacontrast export``, ``metacontrast.load_encoder``).
+
+    ``library``: ``torchvision`` (``torchvision.models.<builder>(weights=None, **kwargs)``)
+    or ``timm`` (``timm.create_model(<builder>, pretrained=False, num_classes=0,
+    **kwargs)``). ``module``: the part of the encoder whose ``state_dict`` loads into that
+    model with ``strict=True`` once the ``replace``ments are made: module path ->
+    ``{"type": "Identity"}`` or ``{"type": "Conv2d", "args": [...], "kwargs": {...}}``
+    (a CIFAR stem, a dropped classifier). ``kwargs`` must be JSON values. The encoder's
+    ``forward`` must equal the library model's after a channel repeat of grey images at
+    most (``repeat_grey``); the export checks it on random images."""
+
+    library: str
+    builder: str
+    module: nn.Module
+    kwargs: dict[str, Any] = attrs.field(factory=dict)
+    replace: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    repeat_grey: bool = False
+
+
 class Encoder(nn.Module):
     """Float images ``(N, C, H, W)`` -> representations ``h (N, out_dim)``.
 
     ``MODALITIES``: the sample kinds it reads (``image``, ``table``; the builder refuses
     a component whose kinds miss the data's, naming the key). ``MIXES_EMBEDDINGS``: its
-    ``forward(x, mix=(weight (N,), partner (N,)))`` mixes input embeddings (see ``Views``)."""
+    ``forward(x, mix=(weight (N,), partner (N,)))`` mixes input embeddings (see ``Views``).
+    ``export_spec(library)``: how its weights load into ``library``'s own model, or None
+    when that library has no counterpart (``metacontrast export format=<library>``)."""
 
     NAME: ClassVar[str]
     Config: ClassVar[type] = NoConfig
     MODALITIES: ClassVar[tuple[str, ...]] = ("image",)
     MIXES_EMBEDDINGS: ClassVar[bool] = False
     out_dim: int
+
+    def export_spec(self, library: str) -> ExportSpec | None:
+        return None
 
 
 class Head(nn.Module):

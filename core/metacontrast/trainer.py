@@ -54,6 +54,7 @@ from metacontrast.host import tune_glibc_malloc
 from metacontrast.interfaces import BuildContext
 from metacontrast.metrics import MetricsLogger
 from metacontrast.optim import build_optimizer, build_scheduler
+from metacontrast.phases import SILENT, Announcer, precision_reason
 from metacontrast.plugins import PluginManager
 from metacontrast.records import Batch, EvalInputs, LossTerms, StepInputs, StepState
 from metacontrast.run_dirs import (
@@ -190,6 +191,7 @@ class Run:
     # over every process that resumed the run; clock: (perf_counter, elapsed_s) at this loop's start
     elapsed_s: float = 0.0
     clock: tuple[float, float] = (0.0, 0.0)
+    announce: Announcer = SILENT
 
     @property
     def model(self) -> torch.nn.Module:
@@ -215,6 +217,8 @@ def setup(cfg: DictConfig, plugins: PluginManager | None = None, run_dir: Path |
     if device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
     dtype = resolve_precision(str(t.precision), device)
+    announce = Announcer(bool(t.progress) and world.is_main)
+    announce.say(f"device {device}, precision {precision_reason(str(t.precision), device, dtype)}")
     if t.cuda_graphs:
         check_capturable(device, world.world_size, int(t.accumulate), dtype)
     plugins = plugins or PluginManager(autoload=cfg.plugins.autoload, block=cfg.plugins.block)
@@ -235,7 +239,8 @@ def setup(cfg: DictConfig, plugins: PluginManager | None = None, run_dir: Path |
     use_deterministic_algorithms(bool(t.deterministic))
     seed_everything(int(t.seed))  # every rank builds the same initial weights
     eval_index = lambda n: subset_indices(n, int(cfg.evaluation.train_subset), int(t.seed))  # noqa: E731
-    data = distributed.run_on_main_first(lambda: load_dataset(cfg.data, eval_index)).to(device)
+    with announce.phase(f"loading data={cfg.data.name}"):
+        data = distributed.run_on_main_first(lambda: load_dataset(cfg.data, eval_index)).to(device)
     context = BuildContext(**data.context_facts(), device=device, num_classes=data.num_classes,
                            num_train=data.num_train,
                            rank=world.rank, world_size=world.world_size,
@@ -280,7 +285,8 @@ def setup(cfg: DictConfig, plugins: PluginManager | None = None, run_dir: Path |
                scheduler=scheduler, scaler=scaler, sampler=sampler, generator=generator,
                autocast=autocast_factory(device, dtype), total_steps=total,
                compile_watch=None if mode == "off" else CompileWatch(mode, str(t.compile_backend),
-                                                                     eager_parts))
+                                                                     eager_parts),
+               announce=announce)
 
 
 # -- checkpoints ----------------------------------------------------------------------
@@ -299,6 +305,7 @@ def state_payload(run: Run) -> dict[str, Any]:
         "best_metrics": run.best_metrics,
         "target_reached": run.target_reached,
         "elapsed_s": run.elapsed_s,
+        "build_facts": build_facts(run.components.context),
     }
     if run.scaler is not None:
         payload["scaler"] = run.scaler.state_dict()
@@ -307,6 +314,16 @@ def state_payload(run: Run) -> dict[str, Any]:
     state = StepState(step=run.position.step, epoch=run.position.epoch, terms=None, model=run.model)
     run.plugins.hooks.hook.metacontrast_on_checkpoint(state=state, payload=payload)
     return payload
+
+
+def build_facts(context: BuildContext) -> dict[str, Any] | None:
+    """What the encoder was built with, stored so that it can be rebuilt without the data
+    (``metacontrast export``); None for tables (their schema is not a plain value)."""
+    if context.modality != "image":
+        return None
+    return {"in_channels": context.in_channels, "image_size": context.image_size,
+            "mean": [float(m) for m in context.mean], "std": [float(s) for s in context.std],
+            "modality": context.modality}
 
 
 def _portable_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -416,11 +433,13 @@ def eval_inputs(run: Run, encoder: torch.nn.Module | None, *, shard: bool = Fals
 
 
 def evaluate_encoder(run: Run, encoder: torch.nn.Module, evaluators: dict[str, Any] | None = None,
-                     *, project: bool = False) -> dict[str, float]:
+                     *, project: bool = False, label: str = "") -> dict[str, float]:
     """Metrics of ``evaluators`` (default: all configured) on ``encoder``; ``project``:
-    also save the 2-D projection of its test features (``test_projection.pt``)."""
+    also save the 2-D projection of its test features (``test_projection.pt``). ``label``:
+    announce each evaluator as ``evaluating <label>: <name> (i/n)``."""
     inputs = eval_inputs(run, encoder)
-    metrics = run_evaluators(run.components.evaluators if evaluators is None else evaluators, inputs)
+    metrics = run_evaluators(run.components.evaluators if evaluators is None else evaluators, inputs,
+                             announce=run.announce if label else SILENT, label=f"evaluating {label}")
     run.eval_details.update(inputs.details)
     points = int(run.cfg.evaluation.projection_points)
     if project and points > 0 and run.world.is_main:
@@ -441,10 +460,12 @@ def evaluate_baselines(run: Run) -> None:
             raise ConfigError(f"evaluation.baselines: unknown baseline {b!r}; available: "
                               f"random_init, raw_pixels")
     if "random_init" in baselines:
-        run.baseline_metrics["random_init"] = evaluate_encoder(run, copy.deepcopy(run.model.encoder))
+        run.baseline_metrics["random_init"] = evaluate_encoder(run, copy.deepcopy(run.model.encoder),
+                                                               label="baseline random_init")
     if "raw_pixels" in baselines:
         run.baseline_metrics["raw_pixels"] = run_evaluators(run.components.evaluators,
-                                                            eval_inputs(run, None))
+                                                            eval_inputs(run, None), announce=run.announce,
+                                                            label="evaluating baseline raw_pixels")
 
 
 # -- the loop -------------------------------------------------------------------------
@@ -839,7 +860,7 @@ def _fit_in(cfg: DictConfig, plugins: PluginManager | None, run_dir: Path) -> di
     results: dict[str, Any] = {}
     if run.world.is_main:
         assert session is not None
-        pretrained = (evaluate_encoder(run, run.model.encoder, project=True)
+        pretrained = (evaluate_encoder(run, run.model.encoder, project=True, label="the trained encoder")
                       if run.components.evaluators else {})
         metrics = {"pretrained": pretrained}
         metrics.update(run.baseline_metrics)
@@ -854,7 +875,7 @@ def _fit_in(cfg: DictConfig, plugins: PluginManager | None, run_dir: Path) -> di
             if report.recompiles or report.graph_breaks or report.eager:
                 print(report.summary(), file=sys.stderr)
     distributed.barrier()
-    return results
+    return results or {"run_dir": str(run.run_dir)}
 
 
 def _time_to_target(run: Run) -> dict[str, Any] | None:
@@ -969,7 +990,8 @@ def evaluate_checkpoint(path: Path, overrides: list[str],
             raise CheckpointError(f"checkpoint {path} does not fit the configured model: "
                                   f"{str(err).splitlines()[0]}") from None
         run.position = Position(**payload["position"])
-        metrics = {"pretrained": evaluate_encoder(run, run.model.encoder, project=True)}
+        metrics = {"pretrained": evaluate_encoder(run, run.model.encoder, project=True,
+                                                  label="the checkpoint's encoder")}
         metrics.update(run.baseline_metrics)
         results = describe_run(run, metrics, time.perf_counter() - started)
         results["checkpoint"] = str(path)

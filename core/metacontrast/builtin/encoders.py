@@ -10,7 +10,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from metacontrast.interfaces import BuildContext, Encoder
+from metacontrast.interfaces import BuildContext, Encoder, ExportSpec
 from metacontrast.targets import instantiate_checked
 
 
@@ -42,9 +42,27 @@ class _TorchvisionResNet(Encoder):
         self.out_dim = net.fc.in_features
         net.fc = nn.Identity()
         self.net = net
+        self.cifar_stem = config.cifar_stem
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+    def export_spec(self, library: str) -> ExportSpec | None:
+        """The same network in torchvision and in timm (their ResNets share parameter names);
+        a CIFAR stem or a non-RGB first convolution is a replaced ``conv1`` (and ``maxpool``)."""
+        if library not in ("torchvision", "timm"):
+            return None
+        conv = self.net.conv1
+        replace: dict[str, dict] = {}
+        if self.cifar_stem or conv.in_channels != 3:
+            replace["conv1"] = {"type": "Conv2d", "args": [conv.in_channels, conv.out_channels],
+                                "kwargs": {"kernel_size": conv.kernel_size[0], "stride": conv.stride[0],
+                                           "padding": conv.padding[0], "bias": False}}
+        if self.cifar_stem:
+            replace["maxpool"] = {"type": "Identity"}
+        if library == "torchvision":
+            replace["fc"] = {"type": "Identity"}  # timm's num_classes=0 drops it already
+        return ExportSpec(library=library, builder=self.ARCH, module=self.net, replace=replace)
 
 
 class ResNet18(_TorchvisionResNet):
@@ -126,11 +144,12 @@ class TorchvisionBackbone(Encoder):
         if context.in_channels not in (1, 3):
             raise ValueError(f"torchvision backbones take 3-channel (or grey) images, the data "
                              f"has {context.in_channels} channels")
+        self.config_model = dict(config.model)
         net = instantiate_checked(config.model, context.allowed_targets, key="encoder.model")
         if not isinstance(net, nn.Module):
             raise ValueError(f"model: {config.model.get('_target_')} built a {type(net).__name__}, "
                              f"not a torch.nn.Module")
-        _drop_classifier(net)
+        self.classifier_path = _drop_classifier(net)
         self.net = net
         with torch.no_grad():
             was = net.training
@@ -143,17 +162,28 @@ class TorchvisionBackbone(Encoder):
             x = x.expand(-1, 3, -1, -1)
         return self.net(x).flatten(1)
 
+    def export_spec(self, library: str) -> ExportSpec | None:
+        """The torchvision model itself, its classifier replaced by the identity."""
+        if library != "torchvision":
+            return None
+        target = str(self.config_model.get("_target_", ""))
+        kwargs = {k: v for k, v in self.config_model.items() if k != "_target_"}
+        return ExportSpec(library="torchvision", builder=target.rsplit(".", 1)[-1], module=self.net,
+                          kwargs=kwargs, replace={self.classifier_path: {"type": "Identity"}},
+                          repeat_grey=True)
 
-def _drop_classifier(net: nn.Module) -> None:
-    """Replace the last ``nn.Linear`` of ``fc``/``classifier``/``head``/``heads`` by the identity."""
+
+def _drop_classifier(net: nn.Module) -> str:
+    """Replace the last ``nn.Linear`` of ``fc``/``classifier``/``head``/``heads`` by the
+    identity; returns its module path (``fc``, ``classifier.1``)."""
     for name in ("fc", "classifier", "head", "heads"):
         part = getattr(net, name, None)
         if isinstance(part, nn.Linear):
             setattr(net, name, nn.Identity())
-            return
+            return name
         if isinstance(part, nn.Sequential):
             for i in reversed(range(len(part))):
                 if isinstance(part[i], nn.Linear):
                     part[i] = nn.Identity()
-                    return
+                    return f"{name}.{i}"
     raise ValueError(f"{type(net).__name__}: no classifier found (fc, classifier, head or heads)")

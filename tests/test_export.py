@@ -1,0 +1,116 @@
+"""``metacontrast export`` and ``metacontrast.load_encoder``: the trained encoder loads
+into the library's own model with ``strict=True`` and gives the framework's features.
+
+The references are written here independently: each library model is built by hand
+(torchvision's and timm's constructors, the CIFAR stem made as the export's description
+says), and the framework's features come from the trained run's own model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+import torchvision
+
+import metacontrast
+import metacontrast.export
+from metacontrast.checkpoint import list_checkpoints, load_safe
+from metacontrast.cli import main
+from metacontrast.config import from_yaml
+from metacontrast.trainer import setup
+
+from .conftest import TINY
+
+QUICK = [*TINY, "evaluation.baselines=[]"]
+
+
+def _trained(tmp_path_factory, encoder: str):
+    run = tmp_path_factory.mktemp(encoder) / "run"
+    assert main(["train", *QUICK, f"encoder={encoder}", f"trainer.run_dir={run}"]) == 0
+    checkpoint = list_checkpoints(run / "checkpoints")[-1]
+    payload = load_safe(checkpoint)
+    built = setup(from_yaml(payload["config"]), run_dir=run)
+    built.model.load_state_dict(payload["model"])
+    encoder = built.model.encoder.eval().to(memory_format=torch.contiguous_format)  # as the library models
+    return checkpoint, encoder, built.data
+
+
+@pytest.fixture(scope="module")
+def resnet_run(tmp_path_factory):
+    return _trained(tmp_path_factory, "resnet18_cifar")
+
+
+def _images(data, n: int = 6) -> torch.Tensor:
+    """Normalised test images, as the encoder sees them."""
+    x = data.test_x[:n].float()
+    mean = torch.tensor(data.mean).view(1, -1, 1, 1)
+    std = torch.tensor(data.std).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def _cifar_stem(model: torch.nn.Module, in_channels: int) -> None:
+    model.conv1 = torch.nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = torch.nn.Identity()
+
+
+def test_a_resnet18_export_loads_into_torchvision_strictly_with_the_same_features(resnet_run, tmp_path, capsys):
+    checkpoint, encoder, data = resnet_run
+    out = tmp_path / "r18.pt"
+    assert main(["export", f"checkpoint={checkpoint}", "format=torchvision", f"out={out}"]) == 0
+    said = capsys.readouterr().out
+    assert "torchvision.models.resnet18(weights=None)" in said and "strict=True" in said
+    meta = json.loads((tmp_path / "r18.pt.json").read_text())
+    assert meta["replace"]["maxpool"] == {"type": "Identity"} and meta["replace"]["conv1"]["type"] == "Conv2d"
+    assert meta["input"]["channels"] == data.channels and meta["input"]["image_size"] == data.image_size
+
+    model = torchvision.models.resnet18(weights=None)
+    _cifar_stem(model, data.channels)
+    model.fc = torch.nn.Identity()
+    state = torch.load(out, weights_only=True)
+    assert not any(k.startswith(("fc.", "head", "teacher", "memory")) for k in state)
+    model.load_state_dict(state, strict=True)
+    x = _images(data)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), encoder(x), rtol=1e-5, atol=1e-5)
+
+
+def test_the_same_export_loads_into_timm_and_through_load_encoder(resnet_run, tmp_path):
+    checkpoint, encoder, data = resnet_run
+    out = tmp_path / "r18_timm.pt"
+    assert main(["export", f"checkpoint={checkpoint}", "format=timm", f"out={out}"]) == 0
+    model = timm.create_model("resnet18", pretrained=False, num_classes=0)
+    _cifar_stem(model, data.channels)
+    model.load_state_dict(torch.load(out, weights_only=True), strict=True)
+    loaded = metacontrast.load_encoder(out)
+    assert not loaded.training
+    x = _images(data)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), encoder(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(loaded(x), encoder(x), rtol=1e-5, atol=1e-5)
+
+
+def test_an_encoder_without_a_library_counterpart_exports_as_its_own_state_dict(tmp_path_factory, tmp_path, capsys):
+    checkpoint, encoder, data = _trained(tmp_path_factory, "conv4")
+    assert main(["export", f"checkpoint={checkpoint}", "format=timm", f"out={tmp_path / 'x.pt'}"]) == 2
+    assert "encoder 'conv4' has no timm counterpart; its formats: state_dict" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists() and not (tmp_path / "x.pt.json").exists()
+    out = metacontrast.export_encoder(checkpoint.parent.parent, "state_dict", tmp_path / "conv4.pt")
+    state = torch.load(out, weights_only=True)
+    assert set(state) == {k for k in encoder.state_dict()}
+    x = _images(data)
+    with torch.no_grad():
+        torch.testing.assert_close(metacontrast.load_encoder(out)(x), encoder(x))
+
+
+def test_export_mistakes_are_named(tmp_path, capsys):
+    assert main(["export", "checkpoint=x.pt", "format=onnx", f"out={tmp_path / 'o.pt'}"]) == 2
+    assert "format: 'onnx' is not a format; choose one of torchvision, timm, state_dict" in capsys.readouterr().err
+    assert main(["export", "checkpoint=x.pt"]) == 2
+    assert "needs format=... out=..." in capsys.readouterr().err
+    assert main(["export", "checkpoint=x.pt", "format=timm", "out=o.pt", "fromat=timm"]) == 2
+    assert "unknown argument 'fromat=timm'" in capsys.readouterr().err
+    (tmp_path / "lonely.pt").write_bytes(b"")
+    with pytest.raises(metacontrast.export.ExportError, match="lonely.pt.json does not exist"):
+        metacontrast.load_encoder(tmp_path / "lonely.pt")
