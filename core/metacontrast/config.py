@@ -53,18 +53,47 @@ class TableConfig:
 
 
 @dataclass
+class ShardsConfig:
+    """Tar shards in the webdataset layout (``data.name=webdataset``, see
+    ``metacontrast.data.shards``). ``train``/``test``: shard paths or brace patterns
+    (``train-{000000..000099}.tar``; several joined by ``;``), relative to ``data.root``
+    unless absolute. ``image``: the image extensions, in order of preference
+    (``jpg;jpeg;png;webp``); ``label``: the extension of the integer label (``cls``)."""
+
+    train: str = "train-{000000..000000}.tar"
+    test: str = "test-{000000..000000}.tar"
+    image: str = "jpg;jpeg;png;webp"
+    label: str = "cls"
+
+
+@dataclass
+class HFConfig:
+    """A Hugging Face dataset (``data.name=hf``, see ``metacontrast.data.hf``): the
+    ``train``/``test`` split names, the ``image``/``label`` columns, and the hub cache
+    directory to read a named dataset from (empty: the default cache)."""
+
+    train: str = "train"
+    test: str = "test"
+    image: str = "image"
+    label: str = "label"
+    cache_dir: str = ""
+
+
+@dataclass
 class DataConfig:
     """Which images to train and evaluate on.
 
     ``name``: digits | cifar10 | cifar100 | stl10 | mnist | fashionmnist | imagefolder |
-    npz | tabular (rows of a table, described by ``table``). ``root``: directory (or
+    webdataset (tar shards, ``shards``) | hf (a Hugging Face dataset, ``hf``) | npz |
+    tabular (rows of a table, described by ``table``). ``root``: directory (or
     ``.npz`` file) to read. ``download``: let torchvision
     fetch missing files (never needed offline). ``image_size``: resize to this side
     (0 = keep). ``train_subset``/``test_subset``: cap the number of images (0 = all).
     ``mean``/``std``: per-channel statistics in [0, 1] (empty = measured on the data).
-    ``workers``: loader processes that decode image files (imagefolder). ``stream``:
+    ``workers``: loader processes that decode image files (imagefolder, webdataset, hf;
+    -1 = one per CPU core this process may use). ``stream``:
     decode training batches while training instead of holding the train set in memory
-    (imagefolder; needs ``evaluation.train_subset`` > 0). ``bad_files``: strict | skip,
+    (imagefolder, webdataset, hf; needs ``evaluation.train_subset`` > 0). ``bad_files``: strict | skip,
     what an unreadable image does (skip: warned once, left out or replaced within its
     batch, counted); ``max_bad_fraction``: fail when more than this fraction is bad.
     """
@@ -83,6 +112,8 @@ class DataConfig:
     bad_files: str = "strict"
     max_bad_fraction: float = 0.01
     table: TableConfig = field(default_factory=TableConfig)
+    shards: ShardsConfig = field(default_factory=ShardsConfig)
+    hf: HFConfig = field(default_factory=HFConfig)
 
 
 @dataclass

@@ -49,7 +49,7 @@ def config_directories(searchpath: list[str] | tuple[str, ...] = ()) -> list[Pat
         scheme, _, rest = entry.partition("://")
         if scheme == "file":
             dirs.append(Path(rest))
-        elif scheme == "pkg":
+        elif scheme == "pkg":  # pkg://package.module (a directory of the package)
             package, _, sub = rest.partition("/")
             try:
                 root = Path(str(importlib.resources.files(package)))

@@ -112,7 +112,7 @@ RULES: dict[str, Rule] = {
     "data.seed": SEED,
     "data.mean": Each(PROBABILITY),
     "data.std": Each(Range(0.0, low_open=True)),
-    "data.workers": COUNT,
+    "data.workers": Range(-1),
     "data.bad_files": Choice(("strict", "skip")),
     "data.max_bad_fraction": PROBABILITY,
     "data.table.test_fraction": Range(0.0, 1.0, low_open=True, high_open=True),
@@ -158,6 +158,8 @@ RULES: dict[str, Rule] = {
 # keys whose every value of the schema's type is accepted here (see the module docstring)
 UNCHECKED = frozenset({
     "method_name", "data.name", "data.root", "data.download", "data.stream",
+    "data.shards.train", "data.shards.test", "data.shards.image", "data.shards.label",
+    "data.hf.train", "data.hf.test", "data.hf.image", "data.hf.label", "data.hf.cache_dir",
     "data.table.source", "data.table.label", "data.table.categorical", "data.table.numerical",
     "data.table.drop", "optim.scale_lr_by_batch", "optim.exclude_bias_and_norm",
     "trainer.channels_last", "trainer.compile_backend", "trainer.cuda_graphs",

@@ -40,7 +40,7 @@ from metacontrast.checkpoint import (
 from metacontrast.compiling import CompileWatch, compile_mode, compile_parts
 from metacontrast.config import ConfigError, from_yaml, to_yaml
 from metacontrast.data import EpochBatchSampler, ImageData, TabularData, load_dataset, subset_indices
-from metacontrast.data.files import stream_batches
+from metacontrast.data.files import loader_workers, stream_batches
 from metacontrast.evaluation import (
     extract_features,
     project_2d,
@@ -634,8 +634,9 @@ def _epoch_batches(run: Run, stop: int) -> Iterator[tuple[int, Batch]]:
         return
     assert run.data.bad_files is not None
     cuda = run.device.type == "cuda"
-    for batch_index, images, idx in stream_batches(files, list(plan), run.data.bad_files,
-                                                   int(run.cfg.data.workers), pin_memory=cuda):
+    workers = loader_workers(int(run.cfg.data.workers))
+    for batch_index, images, idx in stream_batches(files, list(plan), run.data.bad_files, workers,
+                                                   pin_memory=cuda):
         yield batch_index, Batch(images=images.to(run.device, non_blocking=cuda),
                                  index=idx.to(run.device))
 

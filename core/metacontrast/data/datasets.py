@@ -4,10 +4,11 @@ Adapters: ``digits`` (scikit-learn's bundled 8x8 digits, upsampled; needs no fil
 network), the torchvision datasets ``cifar10``, ``cifar100``, ``stl10``, ``mnist``,
 ``fashionmnist`` read from ``data.root``, ``imagefolder`` and a generic ``npz``.
 
-``imagefolder`` is decoded by ``data.workers`` loader processes, with the unreadable-file
-policy of ``data.bad_files``; with ``data.stream=true`` its training images are decoded
-batch by batch while training (see ``metacontrast.data.files``) and only the evaluation
-subset is held in memory.
+``imagefolder``, ``webdataset`` (tar shards, ``metacontrast.data.shards``) and ``hf`` (a
+Hugging Face dataset, ``metacontrast.data.hf``) are encoded images, decoded by
+``data.workers`` loader processes with the unreadable-file policy of ``data.bad_files``;
+with ``data.stream=true`` their training images are decoded batch by batch while training
+(see ``metacontrast.data.files``) and only the evaluation subset is held in memory.
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metacontrast.data.files import BadFiles, DatasetError, ImageFiles, check_split, decode_all
+from metacontrast.data.files import (
+    BadFiles,
+    DatasetError,
+    EncodedImages,
+    ImageFiles,
+    check_split,
+    decode_all,
+    loader_workers,
+)
 from metacontrast.data.tables import TabularData, load_table
 from metacontrast.imageops import normalize
 
@@ -44,7 +53,7 @@ class ImageData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     # streamed training set (train_images then hold only the evaluation subset)
-    train_files: ImageFiles | None = None
+    train_files: EncodedImages | None = None
     bad_files: BadFiles | None = None
 
     @property
@@ -190,14 +199,8 @@ def subset_indices(n: int, limit: int, seed: int) -> Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].sort().values
 
 
-def _first(paths: list[str], labels: list[int], n: int, seed: int) -> tuple[list[str], list[int]]:
-    """A seeded subset of ``n`` files (all when ``n`` is 0), in folder order."""
-    keep = subset_indices(len(paths), n, seed).tolist()
-    return [paths[i] for i in keep], [labels[i] for i in keep]
-
-
-def _load_imagefolder(cfg: Any, eval_train_index: Any) -> ImageData:
-    """``root/train/<class>/*`` and ``root/test/<class>/*`` decoded at ``data.image_size``."""
+def _imagefolder(cfg: Any) -> tuple[ImageFiles, ImageFiles, int]:
+    """``root/train/<class>/*`` and ``root/test/<class>/*`` at ``data.image_size``."""
     root = _require_root(cfg)
     if not cfg.image_size:
         raise DatasetError("data.image_size: imagefolder needs a fixed size, e.g. data.image_size=64")
@@ -205,15 +208,39 @@ def _load_imagefolder(cfg: Any, eval_train_index: Any) -> ImageData:
     test_paths, test_y, test_classes = _folder_split(root, "test")
     if test_classes != classes:
         raise DatasetError(f"data.root: {root}/test has classes {test_classes}, train has {classes}")
-    train_paths, train_y = _first(train_paths, train_y, cfg.train_subset, cfg.seed)
-    test_paths, test_y = _first(test_paths, test_y, cfg.test_subset, cfg.seed + 1)
-    size, workers = int(cfg.image_size), int(cfg.workers)
-    bad = BadFiles(str(cfg.bad_files), float(cfg.max_bad_fraction), len(train_paths) + len(test_paths))
-    train_files = ImageFiles(train_paths, train_y, size)
-    test_files = ImageFiles(test_paths, test_y, size)
+    size = int(cfg.image_size)
+    return ImageFiles(train_paths, train_y, size), ImageFiles(test_paths, test_y, size), len(classes)
+
+
+def _webdataset(cfg: Any) -> tuple[EncodedImages, EncodedImages, int]:
+    from metacontrast.data.shards import load_shards
+
+    return load_shards(cfg)
+
+
+def _hf(cfg: Any) -> tuple[EncodedImages, EncodedImages, int]:
+    from metacontrast.data.hf import load_hf
+
+    return load_hf(cfg)
+
+
+# sources of encoded images, decoded by loader workers (held in memory, or streamed)
+ENCODED_SOURCES: dict[str, Callable[[Any], tuple[EncodedImages, EncodedImages, int]]] = {
+    "imagefolder": _imagefolder, "webdataset": _webdataset, "hf": _hf}
+
+
+def _load_encoded(cfg: Any, train_files: EncodedImages, test_files: EncodedImages, num_classes: int,
+                  eval_train_index: Any) -> ImageData:
+    """Decode encoded images (``data.train_subset``/``test_subset`` first, a seeded choice
+    in source order) with ``data.workers`` loader processes and the ``data.bad_files``
+    policy; streamed: only the evaluation's labelled train subset is decoded now."""
+    seed = int(cfg.seed)
+    train_files = train_files.subset(subset_indices(len(train_files), int(cfg.train_subset), seed).tolist())
+    test_files = test_files.subset(subset_indices(len(test_files), int(cfg.test_subset), seed + 1).tolist())
+    workers = loader_workers(int(cfg.workers))
+    bad = BadFiles(str(cfg.bad_files), float(cfg.max_bad_fraction), len(train_files) + len(test_files))
     if cfg.stream:  # hold only the labelled images evaluation uses
-        index = eval_train_index(len(train_files))
-        subset = ImageFiles([train_paths[i] for i in index], [train_y[i] for i in index], size)
+        subset = train_files.subset(eval_train_index(len(train_files)).tolist())
         train, kept = decode_all(subset, bad, workers)
         train_labels = subset.labels[kept]
     else:
@@ -222,7 +249,7 @@ def _load_imagefolder(cfg: Any, eval_train_index: Any) -> ImageData:
     test, test_kept = decode_all(test_files, bad, workers)
     bad.check()
     return _finish(cfg, train, train_labels, test, test_files.labels[test_kept],
-                   num_classes=len(classes), train_files=train_files if cfg.stream else None,
+                   num_classes=num_classes, train_files=train_files if cfg.stream else None,
                    bad_files=bad)
 
 
@@ -306,15 +333,13 @@ def load_dataset(cfg: Any, eval_train_index: Any = None) -> ImageData | TabularD
     consulted when streaming, to decode just those)."""
     if cfg.name == "tabular":
         return load_table(cfg)
-    if cfg.stream and cfg.name != "imagefolder":
-        raise DatasetError(f"data.stream: only imagefolder streams from files; {cfg.name!r} is "
-                           f"held in memory")
-    if cfg.workers < 0:
-        raise DatasetError(f"data.workers: must be >= 0, got {cfg.workers}")
-    if cfg.name == "imagefolder":
+    if cfg.stream and cfg.name not in ENCODED_SOURCES:
+        raise DatasetError(f"data.stream: only {', '.join(ENCODED_SOURCES)} stream from files; "
+                           f"{cfg.name!r} is held in memory")
+    if cfg.name in ENCODED_SOURCES:
         if cfg.stream and eval_train_index is None:
             raise DatasetError("data.stream: the caller must say which train images evaluation uses")
-        return _load_imagefolder(cfg, eval_train_index)
+        return _load_encoded(cfg, *ENCODED_SOURCES[str(cfg.name)](cfg), eval_train_index)
     adapter = ADAPTERS.get(str(cfg.name))
     if adapter is None:
         raise DatasetError(f"data.name: unknown dataset {cfg.name!r}; available: "

@@ -12,8 +12,10 @@ once per file, counts it, and fails once more than ``max_fraction`` of the files
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import attrs
 import numpy as np
@@ -39,36 +41,69 @@ def check_split(dataset: str, split: str, samples: Tensor, labels: Tensor, ok: b
                            f"got {tuple(labels.shape)}")
 
 
-def decode_image(path: str, size: int) -> np.ndarray:
-    """``path`` -> RGB uint8 ``(size, size, 3)`` (bicubic resize). Raises ``OSError`` for
-    anything PIL cannot fully decode."""
+def decode_image(source: str | bytes, size: int) -> np.ndarray:
+    """``source`` (a file path, or the encoded bytes of an image) -> RGB uint8
+    ``(size, size, 3)`` (bicubic resize). Raises ``OSError`` for anything PIL cannot
+    fully decode."""
+    import io
+
     from PIL import Image
 
-    with Image.open(path) as im:
+    encoded = isinstance(source, bytes | bytearray | memoryview)
+    with Image.open(io.BytesIO(source) if encoded else source) as im:
         im.load()  # decode now: a truncated file fails here, not later
         im = im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
         return np.array(im)  # a writable copy
 
 
-class ImageFiles(Dataset):
-    """``paths[i]`` decoded to uint8 ``(3, size, size)``. Item ``i`` is
-    ``(image, error)``: ``error`` is ``""`` on success; on failure the image is zeros and
-    ``error`` says why (the caller applies the ``BadFiles`` policy, in the main process)."""
+class EncodedImages(Dataset):
+    """Encoded images (files, members of tar shards, rows of a Hugging Face dataset)
+    decoded to uint8 ``(3, size, size)``. Item ``i`` is ``(image, error)``: ``error`` is
+    ``""`` on success; on failure the image is zeros and ``error`` says why (the caller
+    applies the ``BadFiles`` policy, in the main process). Subclasses say where item ``i``
+    is (``read``: a path or bytes) and how to name it in messages (``name_of``)."""
 
-    def __init__(self, paths: Sequence[str], labels: Sequence[int], size: int) -> None:
-        if len(paths) != len(labels):
-            raise DatasetError(f"{len(paths)} files but {len(labels)} labels")
-        self.paths, self.size = list(paths), size
+    def __init__(self, items: Sequence[Any], labels: Sequence[int], size: int) -> None:
+        if len(items) != len(labels):
+            raise DatasetError(f"{len(items)} images but {len(labels)} labels")
+        self.items, self.size = list(items), size
         self.labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
 
+    def read(self, i: int) -> str | bytes:
+        raise NotImplementedError
+
+    def name_of(self, i: int) -> str:
+        return str(self.items[i])
+
+    def subset(self, index: Sequence[int]) -> EncodedImages:
+        """The images ``index`` (in that order), as the same kind of source."""
+        part = copy.copy(self)
+        part.items = [self.items[i] for i in index]
+        part.labels = self.labels[torch.as_tensor(list(index), dtype=torch.long)]
+        return part
+
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[Tensor, str]:
         try:
-            return torch.from_numpy(decode_image(self.paths[i], self.size)).permute(2, 0, 1).contiguous(), ""
+            return torch.from_numpy(decode_image(self.read(i), self.size)).permute(2, 0, 1).contiguous(), ""
         except Exception as err:
             return torch.zeros(3, self.size, self.size, dtype=torch.uint8), f"{type(err).__name__}: {err}"
+
+
+class ImageFiles(EncodedImages):
+    """Image files: ``paths[i]`` decoded."""
+
+    def __init__(self, paths: Sequence[str], labels: Sequence[int], size: int) -> None:
+        super().__init__(paths, labels, size)
+
+    @property
+    def paths(self) -> list[str]:
+        return self.items
+
+    def read(self, i: int) -> str:
+        return self.items[i]
 
 
 @attrs.define
@@ -108,13 +143,24 @@ class BadFiles:
                                f"{next(iter(self.found.values()))}")
 
 
-def _loader(files: ImageFiles, batches: list[list[int]], workers: int,
+def loader_workers(requested: int) -> int:
+    """``data.workers``: -1 = one loader process per CPU core this process may use (at
+    most 8), else the number given."""
+    if requested >= 0:
+        return requested
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores))
+
+
+def _loader(files: EncodedImages, batches: list[list[int]], workers: int,
             pin_memory: bool = False) -> DataLoader:
     return DataLoader(files, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory,
                       persistent_workers=False, prefetch_factor=2 if workers > 0 else None)
 
 
-def decode_all(files: ImageFiles, bad: BadFiles, workers: int, chunk: int = 256) -> tuple[Tensor, Tensor]:
+def decode_all(files: EncodedImages, bad: BadFiles, workers: int, chunk: int = 256) -> tuple[Tensor, Tensor]:
     """Decode every file -> (uint8 ``(N', 3, S, S)``, kept indices ``(N',)``): unreadable
     files are reported to ``bad`` and (in skip mode) left out."""
     order = list(range(len(files)))
@@ -124,7 +170,7 @@ def decode_all(files: ImageFiles, bad: BadFiles, workers: int, chunk: int = 256)
         ok = [j for j, e in enumerate(errors) if not e]
         for j, e in enumerate(errors):
             if e:
-                bad.report(indices[j], files.paths[indices[j]], e)
+                bad.report(indices[j], files.name_of(indices[j]), e)
         images.append(x[ok])
         kept += [indices[j] for j in ok]
     if not images:
@@ -132,7 +178,7 @@ def decode_all(files: ImageFiles, bad: BadFiles, workers: int, chunk: int = 256)
     return torch.cat(images), torch.as_tensor(kept, dtype=torch.long)
 
 
-def stream_batches(files: ImageFiles, plan: list[tuple[int, Tensor]], bad: BadFiles,
+def stream_batches(files: EncodedImages, plan: list[tuple[int, Tensor]], bad: BadFiles,
                    workers: int, pin_memory: bool = False) -> Iterator[tuple[int, Tensor, Tensor]]:
     """Decode the batches of ``plan`` (``(batch_index, sample indices (B,))``) in
     ``workers`` processes, in order -> ``(batch_index, uint8 (B, 3, S, S), indices (B,))``.
@@ -146,10 +192,10 @@ def stream_batches(files: ImageFiles, plan: list[tuple[int, Tensor]], bad: BadFi
         failed = [j for j, e in enumerate(errors) if e]
         if failed:
             for j in failed:
-                bad.report(int(idx[j]), files.paths[int(idx[j])], errors[j])
+                bad.report(int(idx[j]), files.name_of(int(idx[j])), errors[j])
             good = [j for j, e in enumerate(errors) if not e]
             if not good:
                 raise DatasetError(f"every image of batch {batch_index} is unreadable, e.g. "
-                                   f"{files.paths[int(idx[0])]}")
+                                   f"{files.name_of(int(idx[0]))}")
             images[failed] = images[good[0]].clone()
         yield batch_index, images, idx

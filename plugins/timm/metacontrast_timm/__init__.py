@@ -1,0 +1,1 @@
+"""metacontrast-timm: timm models as metacontrast encoders (``encoder=timm``)."""

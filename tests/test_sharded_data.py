@@ -1,0 +1,163 @@
+"""``data=webdataset`` (tar shards written by the webdataset library itself) and ``data=hf``
+(a ``datasets`` DatasetDict saved to disk): the samples read back are the images written,
+two training steps run from each, and a run stopped mid-epoch resumes to exactly the
+parameters of an uninterrupted one, with two loader workers."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from metacontrast import hookimpl, trainer
+from metacontrast.checkpoint import list_checkpoints, load_safe
+from metacontrast.config import compose_config
+from metacontrast.data import DatasetError, load_dataset
+from metacontrast.plugins import PluginManager, as_module
+
+from .conftest import TINY
+
+CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS, SIZE = 4, 16, 3, 16
+
+
+def _samples(split: str) -> list[tuple[str, bytes, int, np.ndarray]]:
+    """(key, PNG bytes, label, pixels) of a split: noisy images whose colour follows the class."""
+    g = np.random.default_rng(0 if split == "train" else 1)
+    out = []
+    per_class = TRAIN_PER_CLASS if split == "train" else TEST_PER_CLASS
+    for i in range(CLASSES * per_class):
+        label = i % CLASSES
+        base = np.array([70 * label, 255 - 50 * label, 30 * label])
+        pixels = np.clip(base + g.integers(-40, 40, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        out.append((f"{split}{i:05d}", buffer.getvalue(), label, pixels))
+    return out
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """train-000000..000003.tar (16 samples each) and test-000000.tar, by webdataset.TarWriter."""
+    import webdataset as wds
+
+    root = tmp_path_factory.mktemp("shards")
+    train = _samples("train")
+    for shard in range(4):
+        with wds.TarWriter(str(root / f"train-{shard:06d}.tar")) as sink:
+            for key, png, label, _ in train[shard * 16:(shard + 1) * 16]:
+                sink.write({"__key__": key, "png": png, "cls": label})
+    with wds.TarWriter(str(root / "test-000000.tar")) as sink:
+        for key, png, label, _ in _samples("test"):
+            sink.write({"__key__": key, "png": png, "cls": label})
+    return root
+
+
+@pytest.fixture(scope="module")
+def saved_hf(tmp_path_factory) -> Path:
+    """A DatasetDict (train, test) of PIL images and class labels, saved to disk."""
+    import datasets
+
+    features = datasets.Features({"img": datasets.Image(), "fine": datasets.ClassLabel(num_classes=CLASSES)})
+    splits = {}
+    for split in ("train", "test"):
+        rows = _samples(split)
+        splits[split] = datasets.Dataset.from_dict(
+            {"img": [Image.open(io.BytesIO(png)) for _, png, _, _ in rows], "fine": [r[2] for r in rows]},
+            features=features)
+    root = tmp_path_factory.mktemp("hf") / "saved"
+    datasets.DatasetDict(splits).save_to_disk(str(root))
+    return root
+
+
+SOURCES = {
+    "webdataset": lambda root: ["data=webdataset", f"data.root={root}",
+                                "data.shards.train='train-{000000..000003}.tar'", "data.shards.test=test-000000.tar"],
+    "hf": lambda root: ["data=hf", f"data.root={root}", "data.hf.image=img", "data.hf.label=fine"],
+}
+
+
+@pytest.fixture
+def source_root(request, shards, saved_hf) -> Path:
+    return {"webdataset": shards, "hf": saved_hf}[request.param]
+
+
+def _data_cfg(source: str, root: Path, *extra: str):
+    return compose_config([*TINY, *SOURCES[source](root), f"data.image_size={SIZE}", "data.workers=0", "data.stream=false",
+                           *extra]).data
+
+
+@pytest.mark.parametrize("source_root, source", [("webdataset", "webdataset"), ("hf", "hf")],
+                         indirect=["source_root"])
+def test_the_samples_read_back_are_the_images_and_labels_written(source_root, source):
+    data = load_dataset(_data_cfg(source, source_root))
+    for split, images, labels in (("train", data.train_images, data.train_labels),
+                                  ("test", data.test_images, data.test_labels)):
+        written = _samples(split)
+        assert images.shape == (len(written), 3, SIZE, SIZE) and data.num_classes == CLASSES
+        for row, (_, _, label, pixels) in enumerate(written):  # written order is kept
+            assert int(labels[row]) == label
+            assert torch.equal(images[row], torch.from_numpy(pixels).permute(2, 0, 1)), (split, row)
+
+
+def _train_cfg(source: str, root: Path, run_dir: Path, *extra: str):
+    """16 steps (2 epochs of 8 batches of 8 images), shuffled, streamed, 2 loader workers."""
+    return compose_config([*TINY, *SOURCES[source](root), f"data.image_size={SIZE}", "data.stream=true",
+                           "data.workers=2", "encoder.hidden=8", "trainer.batch_size=8", "trainer.max_steps=16",
+                           "trainer.epochs=2", "trainer.checkpoint_every=1", "trainer.keep_checkpoints=0",
+                           "trainer.resume=auto", "evaluation.train_subset=16", "evaluation.baselines=[]",
+                           f"trainer.run_dir={run_dir}", *extra])
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _interrupt_at(step: int):
+    @hookimpl
+    def metacontrast_on_step_end(state):
+        if state.step == step:
+            raise Interrupted(f"stopped at step {step}")
+
+    return as_module(f"interrupt_sharded_at_{step}", metacontrast_on_step_end=metacontrast_on_step_end)
+
+
+@pytest.mark.parametrize("source_root, source", [("webdataset", "webdataset"), ("hf", "hf")],
+                         indirect=["source_root"])
+def test_two_steps_then_an_exact_resume_mid_epoch(source_root, source, tmp_path):
+    two = trainer.fit(_train_cfg(source, source_root, tmp_path / "two", "trainer.max_steps=2"))
+    assert two["steps"] == 2 and two["dataset"] == source
+
+    straight = tmp_path / "straight"
+    trainer.fit(_train_cfg(source, source_root, straight))
+    resumed = tmp_path / "resumed"
+    with pytest.raises(Interrupted):
+        trainer.fit(_train_cfg(source, source_root, resumed), PluginManager(extra=[_interrupt_at(6)]))
+    stopped = load_safe(list_checkpoints(resumed / "checkpoints")[-1])
+    assert stopped["position"]["epoch"] == 0 and stopped["position"]["batch"] == 5  # mid-epoch
+    assert trainer.fit(_train_cfg(source, source_root, resumed))["steps"] == 16
+    a = load_safe(list_checkpoints(straight / "checkpoints")[-1])
+    b = load_safe(list_checkpoints(resumed / "checkpoints")[-1])
+    assert a["position"] == b["position"]
+    for name, value in a["model"].items():
+        torch.testing.assert_close(b["model"][name], value, rtol=0, atol=0, msg=name)
+
+
+def test_shard_mistakes_are_named(shards, tmp_path):
+    with pytest.raises(DatasetError, match=r"data.shards.train: 3 of 5 shards do not exist, first: .*train-000004.tar"):
+        load_dataset(_data_cfg("webdataset", shards, "data.shards.train='train-{000002..000006}.tar'"))
+    (tmp_path / "notar-000000.tar").write_text("not a tar")
+    with pytest.raises(DatasetError, match="notar-000000.tar is not a tar file"):
+        load_dataset(_data_cfg("webdataset", shards, f"data.shards.train={tmp_path}/notar-000000.tar"))
+    with pytest.raises(DatasetError, match=r"sample train00000 of .*train-000000.tar has no .label label"):
+        load_dataset(_data_cfg("webdataset", shards, "data.shards.label=label"))
+
+
+def test_hf_mistakes_are_named(saved_hf):
+    with pytest.raises(DatasetError, match="data.hf.image: no column 'image' in split 'train'; columns: img, fine"):
+        load_dataset(_data_cfg("hf", saved_hf, "data.hf.image=image"))
+    with pytest.raises(DatasetError, match="data.hf.test: no split 'validation' .* splits: train, test"):
+        load_dataset(_data_cfg("hf", saved_hf, "data.hf.test=validation"))
