@@ -194,7 +194,8 @@ class EvaluationConfig:
     ``periodic``: the evaluators run every ``trainer.eval_every_epochs`` during
     pre-training (null: the cheap ones, kNN, linear probe on cached features, few-shot);
     their best value and its epoch are reported next to the last. ``projection_points``:
-    test rows in the 2-D PCA projection saved for ``metacontrast report`` (0: none).
+    test rows in the 2-D projection saved for ``metacontrast report`` (0: none), made by
+    ``projection``: ``tsne`` (neighbourhoods kept, scikit-learn's t-SNE) or ``pca``.
     ``sharded``: under DDP, every rank extracts its share of the periodic evaluation's
     frozen features (rank 0 alone otherwise); the evaluators run on rank 0.
     ``target_metric``/``target_value``: a periodic metric and the value whose first
@@ -206,6 +207,7 @@ class EvaluationConfig:
     batch_size: int = 512
     periodic: Optional[list[str]] = None  # noqa: UP045
     projection_points: int = 2000
+    projection: str = "tsne"
     sharded: bool = True
     target_metric: str = ""
     target_value: float = 0.0

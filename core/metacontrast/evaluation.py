@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -92,16 +93,25 @@ def update_best(best: dict[str, dict[str, float]], metrics: Mapping[str, float],
             best[name] = {"value": float(value), "epoch": int(epoch), "step": int(step)}
 
 
-def project_2d(x: Tensor, y: Tensor, *, max_points: int, seed: int) -> dict[str, Tensor]:
-    """A 2-D PCA of features ``x (T, D)`` for plotting: at most ``max_points`` rows drawn
-    reproducibly. Returns ``points (n, 2)``, ``labels (n,)`` and ``explained (2,)``, the
-    fraction of variance along each axis."""
+def project_2d(x: Tensor, y: Tensor, *, max_points: int, seed: int, method: str = "tsne") -> dict[str, Any]:
+    """A 2-D map of features ``x (T, D)`` for plotting, of at most ``max_points`` rows drawn
+    reproducibly: ``tsne`` (scikit-learn's t-SNE, PCA-initialised, seeded: nearby
+    features stay nearby) or ``pca`` (the two main directions; ``explained (2,)`` is the
+    fraction of variance along each). Returns ``points (n, 2)``, ``labels (n,)``,
+    ``method``."""
     x = x.float().cpu()
     y = y.cpu()
     if x.shape[0] > max_points:
         keep = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:max_points]
         x, y = x[keep], y[keep]
     centred = x - x.mean(0)
+    if method == "tsne" and x.shape[0] >= 5:
+        from sklearn.manifold import TSNE
+
+        perplexity = float(min(30.0, (x.shape[0] - 1) / 3))
+        embedded = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
+                        n_jobs=1).fit_transform(centred.double().numpy())
+        return {"points": torch.from_numpy(embedded).float(), "labels": y, "method": "tsne"}
     _, s, v = torch.linalg.svd(centred, full_matrices=False)
     k = min(2, v.shape[0])
     points = centred @ v[:k].T
@@ -110,4 +120,4 @@ def project_2d(x: Tensor, y: Tensor, *, max_points: int, seed: int) -> dict[str,
     var = s.pow(2)
     explained = (var[:2] / var.sum().clamp_min(1e-12))
     explained = torch.cat([explained, torch.zeros(2 - explained.numel())])
-    return {"points": points, "labels": y, "explained": explained}
+    return {"points": points, "labels": y, "explained": explained, "method": "pca"}

@@ -250,7 +250,23 @@ def describe(manager: PluginManager) -> str:
             lines.append("    (no components; hooks only)")
         for kind, names in info.components.items():
             lines.append(f"    {kind + ':':18} {', '.join(sorted(names))}")
+    lines += ["", "config options (what to type: group=option; +group=option for aux, mix, task_aug):"]
+    lines += describe_options(manager.config_searchpath())
     return "\n".join(lines)
+
+
+def describe_options(searchpath: list[str]) -> list[str]:
+    """One line per config group: its options, plugins' included."""
+    import textwrap
+
+    from metacontrast.config_options import config_groups, group_options
+
+    lines = []
+    for group in config_groups(searchpath):
+        text = ", ".join(group_options(group, searchpath))
+        lines += textwrap.wrap(text, width=100, initial_indent=f"    {group + ':':18} ",
+                               subsequent_indent=" " * 23)
+    return lines
 
 
 def as_module(name: str, **attributes: Any) -> types.ModuleType:

@@ -273,7 +273,7 @@ def build_markdown(groups: Sequence[Sequence[RunRecord]], plots: dict[str, list[
             lines.append(f"- `{key}` details: `{json.dumps(value, sort_keys=True, default=str)[:400]}`")
         lines.append("")
     for section, title in (("curves", "Training curves"), ("evaluations", "Evaluations during pre-training"),
-                           ("projections", "Test embeddings (2-D PCA, coloured by class)")):
+                           ("projections", "Test embeddings (2-D t-SNE or PCA, coloured by class)")):
         if plots.get(section):
             lines += [f"## {title}", "", *[f"![{Path(p).stem}]({p})" for p in plots[section]], ""]
     lines += ["## Runs", "", *[f"- `{run.path}`" for run in runs], ""]

@@ -93,25 +93,34 @@ def plot_evaluations(runs: Sequence[RunRecord], path: Path) -> bool:
 
 
 def plot_projection(run: RunRecord, path: Path) -> bool:
-    """The run's ``test_projection.pt`` (2-D PCA of test features) as a scatter coloured
-    by class. False when the run has no projection."""
+    """The run's ``test_projection.pt`` (t-SNE or PCA of test features) as a scatter
+    coloured by class, the legend beside the plot. False when the run has no projection."""
     import torch
 
     source = run.path / "test_projection.pt"
     if not source.is_file():
         return False
     data = torch.load(source, map_location="cpu", weights_only=True)
-    points, labels, explained = data["points"], data["labels"], data["explained"]
+    points, labels = data["points"], data["labels"]
+    method = data.get("method", "pca")
     fig, axes = _figure(PROJECTION_SIZE)
     ax = axes[0][0]
-    scatter = ax.scatter(points[:, 0].numpy(), points[:, 1].numpy(), c=labels.numpy(), cmap="tab10",
-                         s=4, alpha=0.7)
-    classes = labels.unique().numel()
-    if classes <= 20:
-        handles, names = scatter.legend_elements(num=classes)
-        ax.legend(handles, names, fontsize=6, loc="best", markerscale=0.6)
-    ax.set_title(f"{run.label}: test features, PCA", fontsize=9)
-    ax.set_xlabel(f"PC1 ({100 * float(explained[0]):.0f}% var)")
-    ax.set_ylabel(f"PC2 ({100 * float(explained[1]):.0f}% var)")
+    classes = labels.unique()
+    cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
+    for i, c in enumerate(classes.tolist()):
+        mask = labels == c
+        ax.scatter(points[mask, 0].numpy(), points[mask, 1].numpy(), s=5, alpha=0.75,
+                   color=cmap(i % cmap.N), label=f"class {c}")
+    if len(classes) <= 20:  # beside the points, never over them
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), markerscale=2.5, frameon=False)
+    if method == "tsne":
+        ax.set_title(f"{run.label}: test features, t-SNE", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    else:
+        explained = data["explained"]
+        ax.set_title(f"{run.label}: test features, PCA", fontsize=9)
+        ax.set_xlabel(f"PC1 ({100 * float(explained[0]):.0f}% var)")
+        ax.set_ylabel(f"PC2 ({100 * float(explained[1]):.0f}% var)")
     _save(fig, path)
     return True

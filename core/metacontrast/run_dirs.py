@@ -170,10 +170,32 @@ def unfinished_run(root: Path, digest: str) -> Path | None:
     return max(found)[2] if found else None
 
 
+def data_label(cfg: DictConfig) -> str:
+    """The data's name in a run directory's name: ``data.name``, or for a table the table
+    itself (``wine`` for ``sklearn:wine``, the file's stem for a CSV or Parquet file,
+    ``openml-31``)."""
+    if str(cfg.data.name) != "tabular":
+        return str(cfg.data.name)
+    source = str(cfg.data.table.source)
+    kind, _, rest = source.partition(":")
+    if kind == "sklearn" and rest:
+        return rest
+    if kind == "openml" and rest:
+        return f"openml-{rest}"
+    if cfg.data.root:
+        return Path(str(cfg.data.root)).stem or "table"
+    return "table"
+
+
+def default_dir_stem(cfg: DictConfig) -> str:
+    """``<method>-<data>-<time>``."""
+    return f"{cfg.method_name}-{data_label(cfg)}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def _new_default_dir(cfg: DictConfig, root: Path) -> Path:
     """``root/<method>-<data>-<time>``, with ``-2``, ``-3``... when a run started in the
     same second already took the name."""
-    stem = f"{cfg.method_name}-{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stem = default_dir_stem(cfg)
     root.mkdir(parents=True, exist_ok=True)
     for n in range(1, 10_000):
         path = root / (stem if n == 1 else f"{stem}-{n}")

@@ -149,6 +149,7 @@ RULES: dict[str, Rule] = {
     "evaluation.train_subset": COUNT,
     "evaluation.batch_size": POSITIVE,
     "evaluation.projection_points": COUNT,
+    "evaluation.projection": Choice(("tsne", "pca")),
     "evaluation.target_value": Range(),
     "teacher.momentum": PROBABILITY,
     "teacher.final_momentum": PROBABILITY,

@@ -63,6 +63,7 @@ from metacontrast.run_dirs import (
     SessionClock,
     claim,
     cut_metrics,
+    default_dir_stem,
     write_text_atomic,
 )
 from metacontrast.schema_checks import check_values
@@ -201,8 +202,7 @@ class Run:
 def default_run_dir(cfg: DictConfig) -> Path:
     """Where a run built without claiming a directory (``setup`` alone, as the benchmarks
     do) would write; ``fit`` claims one instead (``metacontrast.run_dirs``)."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{cfg.method_name}-{cfg.data.name}-{stamp}"
+    return Path("runs") / default_dir_stem(cfg)
 
 
 def setup(cfg: DictConfig, plugins: PluginManager | None = None, run_dir: Path | None = None) -> Run:
@@ -444,7 +444,8 @@ def evaluate_encoder(run: Run, encoder: torch.nn.Module, evaluators: dict[str, A
     points = int(run.cfg.evaluation.projection_points)
     if project and points > 0 and run.world.is_main:
         _, test = inputs.frozen()
-        projection = project_2d(test.x, test.y, max_points=points, seed=int(run.cfg.trainer.seed))
+        projection = project_2d(test.x, test.y, max_points=points, seed=int(run.cfg.trainer.seed),
+                                method=str(run.cfg.evaluation.projection))
         run.run_dir.mkdir(parents=True, exist_ok=True)
         save_atomic(projection, run.run_dir / "test_projection.pt")
     return metrics

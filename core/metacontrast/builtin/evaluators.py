@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from metacontrast.builtin.linear_probe import topk_accuracies
 from metacontrast.interfaces import Evaluator
 from metacontrast.records import Features
 
@@ -51,7 +52,8 @@ def knn_predict(train_x: Tensor, train_y: Tensor, test_x: Tensor, *, k: int,
 
 
 class KNNEvaluator(Evaluator):
-    """Top-1 and top-5 accuracy of the weighted kNN classifier on the test features."""
+    """Top-1 (and, above 5 classes, top-5) accuracy of the weighted kNN classifier on the
+    test features."""
 
     NAME = "knn"
     Config = KNNConfig
@@ -61,14 +63,6 @@ class KNNEvaluator(Evaluator):
         scores = knn_predict(train.x, train.y, test.x, k=self.config.k,
                              temperature=self.config.temperature, num_classes=num_classes,
                              chunk=self.config.chunk)
-        return _accuracies(scores, test.y, "knn")
-
-
-def _accuracies(scores: Tensor, y: Tensor, prefix: str) -> dict[str, float]:
-    k = min(5, scores.shape[1])
-    top = scores.topk(k, dim=1).indices
-    hit = top == y.view(-1, 1)
-    return {f"{prefix}_top1": hit[:, 0].float().mean().item(),
-            f"{prefix}_top{k}": hit.any(dim=1).float().mean().item()}
+        return topk_accuracies(scores, test.y, "knn")
 
 

@@ -210,12 +210,16 @@ def fit_linear_classifier(train: Features, num_classes: int, config: LinearProbe
 
 
 def topk_accuracies(scores: Tensor, y: Tensor, prefix: str) -> dict[str, float]:
-    """``<prefix>_top1`` and ``<prefix>_top5`` (top-k with k = min(5, classes))."""
+    """``<prefix>_top1``, and ``<prefix>_top5`` when there are more than 5 classes (with 5
+    or fewer, top-5 is 100% whatever the scores, so it is not reported).
+    ``scores (T, classes)``, ``y (T,)``."""
     k = min(5, scores.shape[1])
     top = scores.topk(k, dim=1).indices
     hit = top == y.view(-1, 1).to(top.device)
-    return {f"{prefix}_top1": hit[:, 0].float().mean().item(),
-            f"{prefix}_top{k}": hit.any(dim=1).float().mean().item()}
+    out = {f"{prefix}_top1": hit[:, 0].float().mean().item()}
+    if scores.shape[1] > 5:
+        out[f"{prefix}_top5"] = hit.any(dim=1).float().mean().item()
+    return out
 
 
 class LinearProbeEvaluator(Evaluator):

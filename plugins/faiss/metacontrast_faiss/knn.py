@@ -6,7 +6,8 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from metacontrast.builtin.evaluators import KNNConfig, KNNEvaluator, _accuracies, knn_votes
+from metacontrast.builtin.evaluators import KNNConfig, KNNEvaluator, knn_votes
+from metacontrast.builtin.linear_probe import topk_accuracies
 from metacontrast.records import Features
 from metacontrast_faiss.index import IndexConfig, NeighbourIndex
 
@@ -38,4 +39,4 @@ class FaissKNNEvaluator(KNNEvaluator):
             sim, idx = index.search(q, self.config.k)
             scores.append(knn_votes(sim, idx, train.y.to(idx.device), temperature=self.config.temperature,
                                     num_classes=num_classes))
-        return _accuracies(torch.cat(scores), test.y.to(scores[0].device), "knn_faiss")
+        return topk_accuracies(torch.cat(scores), test.y.to(scores[0].device), "knn_faiss")
