@@ -49,11 +49,19 @@ def test_unknown_flags_and_missing_arguments_fail_naming_them(argv, named, capsy
     ("+hydra.verbose=true", "hydra.searchpath"),
 ])
 def test_hydra_settings_are_refused_not_ignored(override, advice, capsys, tmp_path):
-    for command in (["config"], ["train", f"trainer.run_dir={tmp_path / 'run'}"]):
+    for command in (["config"], ["train", f"trainer.run_dir={tmp_path / 'run'}"],
+                    ["multirun", "--dir", str(tmp_path / "sweep"), "trainer.seed=0,1"]):
         assert main([*command, override]) == 2
         err = capsys.readouterr().err
         assert override.lstrip("+").split("=")[0] in err and advice in err
-    assert not (tmp_path / "run").exists()
+    assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
+
+
+def test_a_sweep_with_a_misspelt_option_fails_before_any_job_runs(tmp_path, capsys):
+    assert main(["multirun", "--dir", str(tmp_path / "sweep"), "method=simclr,protonett"]) == 2
+    err = capsys.readouterr().err
+    assert "method=protonett: no such option" in err and "(in the job method=protonett)" in err
+    assert not (tmp_path / "sweep").exists()
 
 
 def test_hydra_searchpath_is_honoured(tmp_path, capsys):

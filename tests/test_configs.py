@@ -267,7 +267,7 @@ def test_component_params_checked_against_component_config():
 
 
 @pytest.mark.parametrize(("args", "expected"), [
-    (["method=nope"], "method/nope"),
+    (["method=nope"], "method=nope: no such option"),
     (["trainer.batch_sise=3"], "trainer.batch_sise"),
     (["encoder.name=vit"], "unknown encoder 'vit'; available: channel_split, conv4, resnet18, resnet50"),
     (["data=cifar10", "data.root=/does/not/exist"], "data.root: /does/not/exist does not exist"),

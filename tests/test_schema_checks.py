@@ -61,6 +61,7 @@ BAD: dict[str, list[str]] = {
     "evaluation.train_subset": ["-1"],
     "evaluation.batch_size": ["0"],
     "evaluation.projection_points": ["-1"],
+    "evaluation.projection": ["umap"],
     "evaluation.target_value": ["nan", "inf"],
     "teacher.momentum": ["1.5", "-0.1"],
     "teacher.final_momentum": ["2"],

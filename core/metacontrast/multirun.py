@@ -61,7 +61,19 @@ def run_sweep(args: list[str], sweep_dir: Path | None = None) -> int:
     """Run every job of the sweep in turn; returns 0 when all finished, 1 otherwise."""
     if any(a.startswith("trainer.run_dir=") for a in args):
         raise ConfigError("trainer.run_dir: a multirun sets each job's run directory; give --dir instead")
+    from metacontrast.api import compose
+    from metacontrast.config_options import refused_hydra_override
+
+    for override in args:
+        refusal = refused_hydra_override(override)
+        if refusal:
+            raise ConfigError(refusal)
     jobs = expand_sweep(args)
+    for job in jobs:  # every job's config is checked before the first one runs
+        try:
+            compose(job)
+        except ConfigError as err:
+            raise ConfigError(f"{err} (in the job {' '.join(job)})") from None
     swept = {o.split("=", 1)[0] for o in args if len(expand_sweep([o])) > 1}
     sweep_dir = Path(sweep_dir) if sweep_dir else Path("multirun") / time.strftime("%Y%m%d-%H%M%S")
     sweep_dir.mkdir(parents=True, exist_ok=True)
