@@ -13,11 +13,14 @@ TRAIN_ARGS ?= experiment=digits_simclr
 
 .PHONY: install train test lint clean-venv
 
+# setuptools warns, for every editable install, that a folder named like the package in the
+# working directory would shadow it; none does (packages live under core/ and plugins/)
 $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e ".[test]" $(addprefix -e ,$(PLUGINS))
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -e ".[test]" \
+		$(addprefix -e ,$(PLUGINS))
 	touch $(STAMP)
 
 install: $(STAMP)

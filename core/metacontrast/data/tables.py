@@ -208,7 +208,9 @@ def _encode_categorical(series: Any, train: np.ndarray, name: str) -> tuple[Colu
     missing = series.isna().to_numpy()
     text = series.astype(str).to_numpy()
     categories = tuple(sorted(set(text[train][~missing[train]].tolist())))
-    codes = pd.Categorical(text, categories=list(categories)).codes.astype(np.float64) + 1  # unseen: 0
+    known = np.isin(text, list(categories))  # values unseen in training: code 0, as missing ones
+    categorical = pd.Categorical(np.where(known, text, None), categories=list(categories))
+    codes = categorical.codes.astype(np.float64) + 1
     codes[missing] = 0
     return Column(name, CATEGORICAL, categories=categories), codes
 
