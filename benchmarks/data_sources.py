@@ -24,11 +24,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _report import machine, markdown_table, record  # noqa: E402
+from _report import machine, markdown_table, record
 
-from metacontrast.config import compose_config  # noqa: E402
-from metacontrast.data.datasets import ENCODED_SOURCES  # noqa: E402
-from metacontrast.data.files import BadFiles, stream_batches  # noqa: E402
+from metacontrast.config import compose_config
+from metacontrast.data.datasets import ENCODED_SOURCES
+from metacontrast.data.files import BadFiles, stream_batches
 
 CLASSES = 10
 
