@@ -61,9 +61,10 @@ def _write(root: Path, n: int, size: int) -> None:
         for key, data, label in test:
             sink.write({"__key__": key, "jpg": data, "cls": label})
     features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
-    datasets.DatasetDict({split: datasets.Dataset.from_dict(
+    saved = datasets.DatasetDict({split: datasets.Dataset.from_dict(
         {"image": [{"bytes": d, "path": None} for _, d, _ in part], "label": [y for _, _, y in part]},
-        features=features) for split, part in (("train", rows), ("test", test))}).save_to_disk(str(root / "hf"))
+        features=features) for split, part in (("train", rows), ("test", test))})
+    saved.save_to_disk(str(root / "hf"))
 
 
 def _configs(root: Path) -> dict[str, object]:
