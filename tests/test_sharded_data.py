@@ -161,3 +161,31 @@ def test_hf_mistakes_are_named(saved_hf):
         load_dataset(_data_cfg("hf", saved_hf, "data.hf.image=image"))
     with pytest.raises(DatasetError, match="data.hf.test: no split 'validation' .* splits: train, test"):
         load_dataset(_data_cfg("hf", saved_hf, "data.hf.test=validation"))
+
+
+@pytest.mark.distributed
+def test_two_ranks_share_each_epoch_of_the_shards_without_overlap(shards, tmp_path):
+    """Under torchrun, each rank reads its own half of every global batch from the shards
+    (two loader workers each), and an epoch covers every sample exactly once."""
+    import json
+
+    from .launch import launch_cli, output
+
+    run_dir = tmp_path / "run"
+    overrides = [*TINY, *SOURCES["webdataset"](shards), f"data.image_size={SIZE}", "data.stream=true",
+                 "data.workers=2", "encoder.hidden=8", "trainer.batch_size=8", "trainer.max_steps=8",
+                 "trainer.epochs=2", "evaluation.train_subset=16", "evaluation.baselines=[]",
+                 f"trainer.run_dir={run_dir}"]
+    done = launch_cli(overrides, nproc=2, record=str(tmp_path / "records"))
+    assert done.returncode == 0, output(done)
+    ranks = [[json.loads(r) for r in (tmp_path / "records" / f"rank{k}.jsonl").read_text().splitlines()]
+             for k in (0, 1)]
+    assert [r["step"] for r in ranks[0]] == [r["step"] for r in ranks[1]] == list(range(8))
+    steps_per_epoch = CLASSES * TRAIN_PER_CLASS // 16
+    for epoch in range(2):
+        seen = []
+        for step in range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch):
+            first, second = ranks[0][step]["index"], ranks[1][step]["index"]
+            assert len(first) == len(second) == 8 and not set(first) & set(second)
+            seen += first + second
+        assert sorted(seen) == list(range(CLASSES * TRAIN_PER_CLASS)), epoch

@@ -61,7 +61,7 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
                            for e in encoders)])
         lines += ["", *_table(rows)]
         known = {"pretrained": "the trained encoder", "random_init": "the same network untrained",
-                 "raw_pixels": "no network, the pixels themselves"}
+                 "raw_pixels": "no network, the raw inputs"}
         said = [f"{e}: {known[e]}" for e in encoders if e in known]
         if said:
             lines.append(f"({'; '.join(said)})")

@@ -444,8 +444,11 @@ def evaluate_encoder(run: Run, encoder: torch.nn.Module, evaluators: dict[str, A
     points = int(run.cfg.evaluation.projection_points)
     if project and points > 0 and run.world.is_main:
         _, test = inputs.frozen()
-        projection = project_2d(test.x, test.y, max_points=points, seed=int(run.cfg.trainer.seed),
-                                method=str(run.cfg.evaluation.projection))
+        method = str(run.cfg.evaluation.projection)
+        with (run.announce if label else SILENT).phase(
+                f"mapping {min(points, int(test.x.shape[0]))} test features to 2-D ({method})"):
+            projection = project_2d(test.x, test.y, max_points=points, seed=int(run.cfg.trainer.seed),
+                                    method=method)
         run.run_dir.mkdir(parents=True, exist_ok=True)
         save_atomic(projection, run.run_dir / "test_projection.pt")
     return metrics
