@@ -3,10 +3,10 @@
 ``--images`` JPEGs (``--size`` pixels, quality 90, 10 classes) are written three ways: one
 file each (``data=imagefolder``), 16 tar shards by ``webdataset.TarWriter``
 (``data=webdataset``), and a ``DatasetDict`` saved to disk (``data=hf``). For each source:
-the time to open it (list the folder, index the shards' headers, open the Arrow files
-and read the labels), and images decoded per second through the training path
-(``stream_batches``: shuffled batches of 256, decoded at 32 pixels) with 0 and 2 loader
-workers. One process, the sources interleaved round by round, the best round kept.
+the time to open it the first time (list the folder, index the shards' headers, open the
+Arrow files and read the labels) and again (the shards' index is then read from its
+cache), and images decoded per second through the training path (``stream_batches``:
+shuffled batches of 256, decoded at 32 pixels) with 0 and 2 loader workers. One process, the sources interleaved round by round, the best round kept.
 
     .venv/bin/python benchmarks/data_sources.py --write
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 import tempfile
 import time
@@ -96,19 +97,28 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        os.environ["METACONTRAST_CACHE_DIR"] = str(root / "cache")  # a cold index cache
         _write(root, args.images, args.size)
         configs = _configs(root)
-        best: dict[str, list[float]] = {name: [float("inf"), 0.0, 0.0] for name in configs}
-        for _ in range(args.rounds):
+        import datasets  # noqa: F401  (imports are not part of opening a source)
+        import torchvision.datasets  # noqa: F401
+
+        # per source: first open, best later open, best decode rates with 0 and 2 workers
+        best: dict[str, list[float]] = {name: [0.0, float("inf"), 0.0, 0.0] for name in configs}
+        for round_ in range(args.rounds + 1):
             for name, cfg in configs.items():
                 started = time.perf_counter()
                 train, _, _ = ENCODED_SOURCES[name](cfg)
                 opened = time.perf_counter() - started
-                best[name][0] = min(best[name][0], opened)
-                best[name][1] = max(best[name][1], _decode_rate(train, 0))
-                best[name][2] = max(best[name][2], _decode_rate(train, 2))
-    rows = [[name, f"{b[0]:.2f}", f"{b[1]:.0f}", f"{b[2]:.0f}"] for name, b in best.items()]
-    table = markdown_table(["source", "open / index (s)", "decoded img/s, 0 workers", "2 workers"], rows)
+                if round_ == 0:
+                    best[name][0] = opened
+                    continue
+                best[name][1] = min(best[name][1], opened)
+                best[name][2] = max(best[name][2], _decode_rate(train, 0))
+                best[name][3] = max(best[name][3], _decode_rate(train, 2))
+    rows = [[name, f"{b[0]:.2f}", f"{b[1]:.2f}", f"{b[2]:.0f}", f"{b[3]:.0f}"] for name, b in best.items()]
+    table = markdown_table(["source", "first open (s)", "later opens (s)", "decoded img/s, 0 workers",
+                            "2 workers"], rows)
     body = (f"### Reading images: folder, tar shards, Hugging Face dataset\n\n{args.images} JPEGs of "
             f"{args.size} px (10 classes) in each source, decoded to 32 px in shuffled batches of 256 "
             f"(`stream_batches`, the training path); best of {args.rounds} interleaved rounds. "

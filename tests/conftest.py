@@ -15,6 +15,19 @@ PREPARED = Path(os.environ.get("METACONTRAST_TEST_DATA", REPO / ".cache" / "data
 # (METACONTRAST_TEST_DEVICE=cuda runs every config's two steps there, checking placement).
 TEST_DEVICE = os.environ.get("METACONTRAST_TEST_DEVICE", "cpu")
 
+@pytest.fixture(scope="session", autouse=True)
+def scratch_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Caches the runs keep (the shard indexes of data=webdataset) go to a scratch
+    directory, never the user's ~/.cache; subprocesses inherit it."""
+    before = os.environ.get("METACONTRAST_CACHE_DIR")
+    os.environ["METACONTRAST_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if before is None:
+        os.environ.pop("METACONTRAST_CACHE_DIR", None)
+    else:
+        os.environ["METACONTRAST_CACHE_DIR"] = before
+
+
 # The smallest honest run: digits, Conv-4, 2 steps of 16 images on the CPU, quick eval.
 TINY = [
     "experiment=digits_simclr", "trainer=debug", f"trainer.device={TEST_DEVICE}", "trainer.resume=never",

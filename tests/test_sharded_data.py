@@ -189,3 +189,36 @@ def test_two_ranks_share_each_epoch_of_the_shards_without_overlap(shards, tmp_pa
             assert len(first) == len(second) == 8 and not set(first) & set(second)
             seen += first + second
         assert sorted(seen) == list(range(CLASSES * TRAIN_PER_CLASS)), epoch
+
+
+def test_a_shards_index_is_kept_and_made_again_when_the_shard_changes(shards, tmp_path, monkeypatch):
+    import shutil
+    import tarfile
+
+    from metacontrast.data import shards as shard_module
+
+    monkeypatch.setenv("METACONTRAST_CACHE_DIR", str(tmp_path / "cache"))
+    copy = tmp_path / "copy"
+    shutil.copytree(shards, copy)
+    pattern = "data.shards.train='train-{000000..000003}.tar'"
+    first = load_dataset(_data_cfg("webdataset", copy, pattern))
+    assert len(list((tmp_path / "cache" / "shard-index").glob("*.npz"))) == 5  # 4 train shards, 1 test
+
+    def no_tar(*args, **kwargs):
+        raise AssertionError("a shard was read again although its index is kept")
+
+    monkeypatch.setattr(tarfile, "open", no_tar)
+    again = load_dataset(_data_cfg("webdataset", copy, pattern))
+    assert torch.equal(again.train_images, first.train_images) and torch.equal(again.train_labels, first.train_labels)
+    monkeypatch.undo()
+    monkeypatch.setenv("METACONTRAST_CACHE_DIR", str(tmp_path / "cache"))
+    # a rewritten shard (the first, now holding 3 samples) is indexed again
+    import webdataset as wds
+
+    rows = _samples("train")[:3]
+    with wds.TarWriter(str(copy / "train-000000.tar")) as sink:
+        for key, png, label, _ in rows:
+            sink.write({"__key__": key, "png": png, "cls": label})
+    changed = load_dataset(_data_cfg("webdataset", copy, pattern))
+    assert changed.train_images.shape[0] == 3 + 48
+    assert shard_module.index_cache_dir() == tmp_path / "cache" / "shard-index"
