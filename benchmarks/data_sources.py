@@ -6,7 +6,8 @@ file each (``data=imagefolder``), 16 tar shards by ``webdataset.TarWriter``
 the time to open it the first time (list the folder, index the shards' headers, open the
 Arrow files and read the labels) and again (the shards' index is then read from its
 cache), and images decoded per second through the training path (``stream_batches``:
-shuffled batches of 256, decoded at 32 pixels) with 0 and 2 loader workers. One process, the sources interleaved round by round, the best round kept.
+shuffled batches of 256, decoded at 32 pixels) with 0 and 2 loader workers. One process,
+the sources interleaved round by round, the best round kept.
 
     .venv/bin/python benchmarks/data_sources.py --write
 """
