@@ -114,3 +114,42 @@ def test_export_mistakes_are_named(tmp_path, capsys):
     (tmp_path / "lonely.pt").write_bytes(b"")
     with pytest.raises(metacontrast.export.ExportError, match="lonely.pt.json does not exist"):
         metacontrast.load_encoder(tmp_path / "lonely.pt")
+
+
+def test_the_export_is_the_online_encoder_never_the_teacher(tmp_path_factory, tmp_path):
+    """BYOL keeps an EMA copy of the encoder (the teacher): the export holds the online one."""
+    run = tmp_path_factory.mktemp("byol") / "run"
+    assert main(["train", *QUICK, "method=byol", "trainer.max_steps=3", f"trainer.run_dir={run}"]) == 0
+    payload = load_safe(list_checkpoints(run / "checkpoints")[-1])
+    out = metacontrast.export_encoder(run, "state_dict", tmp_path / "online.pt")
+    state = torch.load(out, weights_only=True)
+    online = {k.removeprefix("encoder."): v for k, v in payload["model"].items() if k.startswith("encoder.")}
+    teacher = {k.removeprefix("teacher.encoder."): v for k, v in payload["model"].items()
+               if k.startswith("teacher.encoder.")}
+    assert teacher and set(state) == set(online) == set(teacher)
+    assert all(torch.equal(state[k], online[k]) for k in state)
+    assert any(not torch.equal(state[k], teacher[k]) for k in state if state[k].is_floating_point())
+
+
+def test_any_torchvision_backbone_exports_with_its_classifier_replaced(tmp_path_factory, tmp_path, capsys):
+    """encoder=torchvision (MobileNetV3-Small, whose classifier is a Sequential) on grey
+    digits: the export loads into torchvision's own builder, classifier.3 replaced by the
+    identity, and takes the grey images repeated to 3 channels."""
+    run = tmp_path_factory.mktemp("mobilenet") / "run"
+    assert main(["train", *QUICK, "encoder=torchvision", "encoder.model._target_=torchvision.models.mobilenet_v3_small",
+                 f"trainer.run_dir={run}"]) == 0
+    payload = load_safe(list_checkpoints(run / "checkpoints")[-1])
+    built = setup(from_yaml(payload["config"]), run_dir=run)
+    built.model.load_state_dict(payload["model"])
+    encoder = built.model.encoder.eval().to(memory_format=torch.contiguous_format)
+    out = tmp_path / "mnv3.pt"
+    assert main(["export", f"checkpoint={run}", "format=torchvision", f"out={out}"]) == 0
+    assert "model.classifier[3] = torch.nn.Identity()" in capsys.readouterr().out
+    model = torchvision.models.mobilenet_v3_small(weights=None)
+    model.classifier[3] = torch.nn.Identity()
+    model.load_state_dict(torch.load(out, weights_only=True), strict=True)
+    meta = json.loads((tmp_path / "mnv3.pt.json").read_text())
+    assert meta["input"]["channels"] == 3 and len(meta["input"]["mean"]) == 3
+    x = _images(built.data)  # grey (N, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x.expand(-1, 3, -1, -1)), encoder(x), rtol=1e-5, atol=1e-5)

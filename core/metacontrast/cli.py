@@ -33,7 +33,10 @@ EXAMPLES = {
   metacontrast train method=protonet trainer.max_steps=20
   metacontrast train experiment=cifar10_simclr_fast data.root=DIR
   metacontrast train trainer.run_dir=runs/mine         resume it with the same command
-  metacontrast train -m method=simclr,byol trainer.seed=0,1   one run per combination""",
+  metacontrast train -m method=simclr,byol trainer.seed=0,1   one run per combination
+
+The options of every config group (what goes after group=): metacontrast plugins.
+The composed config, without training: metacontrast config [key=value ...].""",
     "eval": """examples:
   metacontrast eval checkpoint=runs/X/checkpoints/step-000000100.pt
   metacontrast eval checkpoint=PATH eval=[linear] eval.linear.epochs=200""",
