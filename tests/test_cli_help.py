@@ -95,3 +95,16 @@ def test_a_misspelt_experiment_fails_instead_of_training_the_default_job(tmp_pat
     assert "experiment=cifar10_simclr_resnt18: no such option" in err
     assert "cifar10_simclr_resnet18" in err and "table6/simclr_baseline" in err  # sub-folders listed too
     assert not run.exists()
+
+
+def test_a_brace_pattern_the_shell_expanded_is_refused_showing_the_quoting(capsys):
+    # what bash makes of: data.shards.train=train-{000000..000002}.tar (unquoted)
+    expanded = [f"data.shards.train=train-{i:06d}.tar" for i in range(3)]
+    assert main(["config", "data=webdataset", *expanded]) == 2
+    err = capsys.readouterr().err
+    assert "data.shards.train: given 3 times (train-000000.tar ... train-000002.tar)" in err
+    assert "\"data.shards.train='train-{000000..000099}.tar'\"" in err
+    # a key given twice on purpose (a later value replacing an earlier one) still composes
+    assert main(["config", "trainer.seed=1", "trainer.seed=2", "optim.lr=1e-3", "optim.lr=2e-3"]) == 0
+    out = capsys.readouterr().out
+    assert "seed: 2" in out and "lr: 0.002" in out

@@ -149,6 +149,37 @@ def _check_overrides(args: list[str], command: str) -> None:
         if "=" not in a and not a.startswith("~"):
             raise UsageError(f"metacontrast {command}: {a!r} is not an override (key=value, "
                              f"+key=value or ~key; see metacontrast {command} --help)")
+    _refuse_shell_expanded(args)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _refuse_shell_expanded(args: list[str]) -> None:
+    """A brace pattern left unquoted is expanded by the shell into several overrides of one
+    key, of which hydra would keep only the last: refuse it, showing the quoting."""
+    import re
+
+    values: dict[str, list[str]] = {}
+    for a in args:
+        key, _, value = a.partition("=")
+        values.setdefault(key.lstrip("+"), []).append(value)
+    for key, given in values.items():
+        shapes = {re.sub(r"\d+", "#", v) for v in given}
+        shape = next(iter(shapes))
+        # names differing only in their numbers (train-000001.tar); not plain numbers, which
+        # a later override may deliberately replace
+        if (len(set(given)) > 1 and len(shapes) == 1 and "#" in shape and shape.strip("#.-")
+                and not all(_is_number(v) for v in given)):
+            raise UsageError(f"{key}: given {len(given)} times ({given[0]} ... {given[-1]}), as the shell "
+                             f"expands an unquoted brace pattern; only the last would count. Quote the "
+                             f"pattern for the shell and for hydra: \"{key}='PATTERN'\", e.g. "
+                             f"\"{key}='train-{{000000..000099}}.tar'\"")
 
 
 def _key_values(args: list[str], command: str, keys: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
