@@ -116,3 +116,20 @@ def add_bad_files(folder: Path) -> dict[str, Path]:
     bad["empty"].write_bytes(b"")
     bad["text"].write_text("this is not an image\n")
     return bad
+
+
+class Interrupted(Exception):
+    """Raised by ``interrupt_at``'s plugin: a run stopped at a chosen step, in-process."""
+
+
+def interrupt_at(step: int):
+    """A plugin module that raises ``Interrupted`` at the end of optimizer step ``step``."""
+    from metacontrast import hookimpl
+    from metacontrast.plugins import as_module
+
+    @hookimpl
+    def metacontrast_on_step_end(state):
+        if state.step == step:
+            raise Interrupted(f"stopped at step {step}")
+
+    return as_module(f"interrupt_at_{step}", metacontrast_on_step_end=metacontrast_on_step_end)

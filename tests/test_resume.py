@@ -14,22 +14,9 @@ from metacontrast.checkpoint import CheckpointError, list_checkpoints, load_safe
 from metacontrast.config import ConfigError, compose_config
 from metacontrast.plugins import PluginManager, as_module
 
-from .conftest import TINY
+from .conftest import TINY, Interrupted, interrupt_at
 
 STEPS = 6
-
-
-class Interrupted(Exception):
-    pass
-
-
-def _interrupt_at(step: int):
-    @hookimpl
-    def metacontrast_on_step_end(state):
-        if state.step == step:
-            raise Interrupted(f"stopped at step {step}")
-
-    return as_module(f"interrupt_at_{step}", metacontrast_on_step_end=metacontrast_on_step_end)
 
 
 def _cfg(run_dir: Path, *extra: str):
@@ -44,7 +31,7 @@ def _final_model(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def _interrupted_then_resumed(run_dir: Path, stop: int, extra: list[str] = ()) -> dict[str, torch.Tensor]:
     with pytest.raises(Interrupted):
-        trainer.fit(_cfg(run_dir, *extra), PluginManager(extra=[_interrupt_at(stop)]))
+        trainer.fit(_cfg(run_dir, *extra), PluginManager(extra=[interrupt_at(stop)]))
     assert int(list_checkpoints(run_dir / "checkpoints")[-1].stem.split("-")[1]) == stop - 1
     results = trainer.fit(_cfg(run_dir, *extra))
     assert results["steps"] == STEPS
@@ -63,7 +50,7 @@ def test_a_table_resumes_to_the_uninterrupted_parameters(tmp_path):
 
     trainer.fit(cfg(tmp_path / "straight"))
     with pytest.raises(Interrupted):
-        trainer.fit(cfg(tmp_path / "resumed"), PluginManager(extra=[_interrupt_at(4)]))
+        trainer.fit(cfg(tmp_path / "resumed"), PluginManager(extra=[interrupt_at(4)]))
     assert trainer.fit(cfg(tmp_path / "resumed"))["steps"] == STEPS
     straight, resumed = _final_model(tmp_path / "straight"), _final_model(tmp_path / "resumed")
     assert straight.keys() == resumed.keys() and any(".embed." in k for k in straight)
@@ -375,7 +362,7 @@ def test_memory_queue_and_pointer_survive_resume(tmp_path, monkeypatch):
 
     def interrupted_then_resumed(run_dir: Path) -> dict:
         with pytest.raises(Interrupted):
-            trainer.fit(_cfg(run_dir, *queue), PluginManager(extra=[plugin, _interrupt_at(4)]))
+            trainer.fit(_cfg(run_dir, *queue), PluginManager(extra=[plugin, interrupt_at(4)]))
         trainer.fit(_cfg(run_dir, *queue), PluginManager(extra=[plugin]))
         return load_safe(list_checkpoints(run_dir / "checkpoints")[-1])["memory"]
 

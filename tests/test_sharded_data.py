@@ -13,13 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from metacontrast import hookimpl, trainer
+from metacontrast import trainer
 from metacontrast.checkpoint import list_checkpoints, load_safe
 from metacontrast.config import compose_config
 from metacontrast.data import DatasetError, load_dataset
-from metacontrast.plugins import PluginManager, as_module
+from metacontrast.plugins import PluginManager
 
-from .conftest import TINY
+from .conftest import TINY, Interrupted, interrupt_at
 
 CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS, SIZE = 4, 16, 3, 16
 
@@ -112,19 +112,6 @@ def _train_cfg(source: str, root: Path, run_dir: Path, *extra: str):
                            f"trainer.run_dir={run_dir}", *extra])
 
 
-class Interrupted(Exception):
-    pass
-
-
-def _interrupt_at(step: int):
-    @hookimpl
-    def metacontrast_on_step_end(state):
-        if state.step == step:
-            raise Interrupted(f"stopped at step {step}")
-
-    return as_module(f"interrupt_sharded_at_{step}", metacontrast_on_step_end=metacontrast_on_step_end)
-
-
 @pytest.mark.parametrize("source_root, source", [("webdataset", "webdataset"), ("hf", "hf")],
                          indirect=["source_root"])
 def test_two_steps_then_an_exact_resume_mid_epoch(source_root, source, tmp_path):
@@ -135,7 +122,7 @@ def test_two_steps_then_an_exact_resume_mid_epoch(source_root, source, tmp_path)
     trainer.fit(_train_cfg(source, source_root, straight))
     resumed = tmp_path / "resumed"
     with pytest.raises(Interrupted):
-        trainer.fit(_train_cfg(source, source_root, resumed), PluginManager(extra=[_interrupt_at(6)]))
+        trainer.fit(_train_cfg(source, source_root, resumed), PluginManager(extra=[interrupt_at(6)]))
     stopped = load_safe(list_checkpoints(resumed / "checkpoints")[-1])
     assert stopped["position"]["epoch"] == 0 and stopped["position"]["batch"] == 5  # mid-epoch
     assert trainer.fit(_train_cfg(source, source_root, resumed))["steps"] == 16
