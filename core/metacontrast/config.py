@@ -96,6 +96,9 @@ class DataConfig:
     (imagefolder, webdataset, hf; needs ``evaluation.train_subset`` > 0). ``bad_files``: strict | skip,
     what an unreadable image does (skip: warned once, left out or replaced within its
     batch, counted); ``max_bad_fraction``: fail when more than this fraction is bad.
+    ``decode``: where streamed training batches are decoded: ``workers`` (PIL, in the
+    loader processes) or ``device`` (the workers read the bytes; TorchCodec decodes on
+    the training device: nvJPEG on a GPU).
     """
 
     name: str = "digits"
@@ -111,6 +114,7 @@ class DataConfig:
     stream: bool = False
     bad_files: str = "strict"
     max_bad_fraction: float = 0.01
+    decode: str = "workers"
     table: TableConfig = field(default_factory=TableConfig)
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     hf: HFConfig = field(default_factory=HFConfig)

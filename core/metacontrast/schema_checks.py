@@ -114,6 +114,7 @@ RULES: dict[str, Rule] = {
     "data.std": Each(Range(0.0, low_open=True)),
     "data.workers": Range(-1),
     "data.bad_files": Choice(("strict", "skip")),
+    "data.decode": Choice(("workers", "device")),
     "data.max_bad_fraction": PROBABILITY,
     "data.table.test_fraction": Range(0.0, 1.0, low_open=True, high_open=True),
     "data.table.split_seed": SEED,

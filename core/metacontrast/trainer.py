@@ -639,8 +639,10 @@ def _epoch_batches(run: Run, stop: int) -> Iterator[tuple[int, Batch]]:
     assert run.data.bad_files is not None
     cuda = run.device.type == "cuda"
     workers = loader_workers(int(run.cfg.data.workers))
+    on_device = run.device if str(run.cfg.data.decode) == "device" else None
     for batch_index, images, idx in stream_batches(files, list(plan), run.data.bad_files, workers,
-                                                   pin_memory=cuda):
+                                                   pin_memory=cuda and on_device is None,
+                                                   decode_device=on_device):
         yield batch_index, Batch(images=images.to(run.device, non_blocking=cuda),
                                  index=idx.to(run.device))
 

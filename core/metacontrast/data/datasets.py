@@ -336,6 +336,9 @@ def load_dataset(cfg: Any, eval_train_index: Any = None) -> ImageData | TabularD
     if cfg.stream and cfg.name not in ENCODED_SOURCES:
         raise DatasetError(f"data.stream: only {', '.join(ENCODED_SOURCES)} stream from files; "
                            f"{cfg.name!r} is held in memory")
+    if str(cfg.decode) == "device" and not (cfg.stream and cfg.name in ENCODED_SOURCES):
+        raise DatasetError("data.decode: device decoding is for streamed training batches of encoded "
+                           f"images ({', '.join(ENCODED_SOURCES)} with data.stream=true)")
     if cfg.name in ENCODED_SOURCES:
         if cfg.stream and eval_train_index is None:
             raise DatasetError("data.stream: the caller must say which train images evaluation uses")

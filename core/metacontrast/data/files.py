@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -143,6 +144,81 @@ class BadFiles:
                                f"{next(iter(self.found.values()))}")
 
 
+class EncodedBytes(Dataset):
+    """The undecoded bytes of ``images``' items, for decoding on the device: item ``i`` is
+    ``(uint8 (n_bytes,), error)``; loader workers only read."""
+
+    def __init__(self, images: EncodedImages) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, str]:
+        try:
+            source = self.images.read(i)
+            data = source if isinstance(source, bytes | bytearray) else Path(source).read_bytes()
+            return torch.frombuffer(bytearray(data), dtype=torch.uint8), ""
+        except Exception as err:
+            return torch.zeros(0, dtype=torch.uint8), f"{type(err).__name__}: {err}"
+
+
+def _as_lists(items: list[tuple[Tensor, str]]) -> tuple[list[Tensor], list[str]]:
+    """Collate of ``EncodedBytes``: byte strings differ in length, so they stay a list."""
+    return [b for b, _ in items], [e for _, e in items]
+
+
+def _resize_square(image: Tensor, size: int) -> Tensor:
+    """uint8 ``(3, H, W)`` -> uint8 ``(3, size, size)``: antialiased bicubic, rounded."""
+    resized = torch.nn.functional.interpolate(image[None].float(), size=(size, size), mode="bicubic",
+                                              antialias=True, align_corners=False)
+    return resized[0].round().clamp(0, 255).to(torch.uint8)
+
+
+def _codec() -> Any:
+    try:
+        from torchcodec import decoders
+    except ImportError:
+        raise DatasetError("data.decode=device needs TorchCodec's image decoders: pip install torchcodec "
+                           "(or pip install \"metacontrast[decode]\")") from None
+    return decoders
+
+
+def decode_on_device(encoded: list[Tensor], size: int, device: torch.device) -> tuple[Tensor, list[str]]:
+    """Decode a batch of encoded images on ``device`` -> (uint8 ``(B, 3, size, size)``
+    there, errors (``""`` when fine)). JPEGs go through TorchCodec's ``decode_jpeg``
+    together (nvJPEG on a GPU); other formats and failures are decoded one by one
+    (``decode_image`` on the CPU); an undecodable item is zeros with its error."""
+    decoders = _codec()
+    decode_jpeg, decode_image = decoders.decode_jpeg, decoders.decode_image
+    images: list[Tensor | None] = [None] * len(encoded)
+    errors = [""] * len(encoded)
+    jpegs = [i for i, b in enumerate(encoded) if b.numel() >= 3 and b[:3].tolist() == [0xFF, 0xD8, 0xFF]]
+    if jpegs:
+        try:
+            decoded = decode_jpeg([encoded[i] for i in jpegs], device=device, mode="RGB")
+            for i, image in zip(jpegs, decoded, strict=True):
+                images[i] = image
+        except RuntimeError:
+            pass  # a corrupt one among them: each is tried on its own below
+    for i, image in enumerate(images):
+        if image is not None:
+            continue
+        try:
+            if i in jpegs:
+                images[i] = decode_jpeg(encoded[i], device=device, mode="RGB")
+            else:
+                images[i] = decode_image(encoded[i], mode="RGB").to(device)
+        except Exception as err:
+            lines = str(err).strip().splitlines()
+            errors[i] = f"{type(err).__name__}: {lines[-1] if lines else err}"
+    out = torch.zeros(len(encoded), 3, size, size, dtype=torch.uint8, device=device)
+    for i, image in enumerate(images):
+        if image is not None and not errors[i]:
+            out[i] = _resize_square(image, size)
+    return out, errors
+
+
 def loader_workers(requested: int) -> int:
     """``data.workers``: -1 = one loader process per CPU core this process may use (at
     most 8), else the number given."""
@@ -158,6 +234,12 @@ def _loader(files: EncodedImages, batches: list[list[int]], workers: int,
             pin_memory: bool = False) -> DataLoader:
     return DataLoader(files, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory,
                       persistent_workers=False, prefetch_factor=2 if workers > 0 else None)
+
+
+def _decode_read(encoded: list[Tensor], read_errors: list[str], size: int,
+                 device: torch.device) -> tuple[Tensor, list[str]]:
+    images, errors = decode_on_device(encoded, size, device)
+    return images, [r or e for r, e in zip(read_errors, errors, strict=True)]
 
 
 def decode_all(files: EncodedImages, bad: BadFiles, workers: int, chunk: int = 256) -> tuple[Tensor, Tensor]:
@@ -179,15 +261,24 @@ def decode_all(files: EncodedImages, bad: BadFiles, workers: int, chunk: int = 2
 
 
 def stream_batches(files: EncodedImages, plan: list[tuple[int, Tensor]], bad: BadFiles,
-                   workers: int, pin_memory: bool = False) -> Iterator[tuple[int, Tensor, Tensor]]:
+                   workers: int, pin_memory: bool = False, decode_device: torch.device | None = None
+                   ) -> Iterator[tuple[int, Tensor, Tensor]]:
     """Decode the batches of ``plan`` (``(batch_index, sample indices (B,))``) in
     ``workers`` processes, in order -> ``(batch_index, uint8 (B, 3, S, S), indices (B,))``.
     An unreadable file is reported to ``bad`` and its row replaced by the batch's first
     readable image, so every batch keeps its shape (and DDP ranks stay in step).
-    ``pin_memory``: page-locked batches, for asynchronous copies to a GPU."""
+    ``pin_memory``: page-locked batches, for asynchronous copies to a GPU.
+    ``decode_device``: the workers only read the bytes, and the batch is decoded there
+    (``decode_on_device``; the images then are on that device)."""
     if not plan:
         return
-    loader = _loader(files, [idx.tolist() for _, idx in plan], workers, pin_memory)
+    batches = [idx.tolist() for _, idx in plan]
+    if decode_device is None:
+        loader: Any = _loader(files, batches, workers, pin_memory)
+    else:
+        raw = DataLoader(EncodedBytes(files), batch_sampler=batches, num_workers=workers,
+                         collate_fn=_as_lists, prefetch_factor=2 if workers > 0 else None)
+        loader = (_decode_read(encoded, errors, files.size, decode_device) for encoded, errors in raw)
     for (batch_index, idx), (images, errors) in zip(plan, loader, strict=True):
         failed = [j for j, e in enumerate(errors) if e]
         if failed:
