@@ -25,6 +25,7 @@ BAD: dict[str, list[str]] = {
     "data.mean": ["[0.5,1.5,0.5]", "[-0.1]"],
     "data.std": ["[0.2,0.0,0.2]", "[-1.0]"],
     "data.workers": ["-2"],
+    "data.decode": ["gpu"],
     "data.bad_files": ["ignore"],
     "data.max_bad_fraction": ["1.5", "-0.01", "nan"],
     "data.table.test_fraction": ["0", "1", "1.2"],
