@@ -32,9 +32,11 @@ class CheckpointWriteError(CheckpointError):
     exit_code = 1
 
 
-def save_atomic(payload: dict[str, Any], path: Path) -> None:
+def save_atomic(payload: dict[str, Any], path: Path, what: str = "checkpoint") -> None:
     """Write ``payload`` to ``path`` atomically. On failure the previous file at ``path``
-    is untouched, no temporary file remains, and ``CheckpointError`` names the path."""
+    is untouched, no temporary file remains, and ``CheckpointError`` names ``what`` was
+    being written and the path (``CheckpointWriteError``, exit status 1, when the
+    operating system refused)."""
     path = Path(path)
     tmp_name = None
     try:
@@ -53,7 +55,7 @@ def save_atomic(payload: dict[str, Any], path: Path) -> None:
             os.close(dir_fd)
     except Exception as err:
         kind = CheckpointWriteError if isinstance(err, OSError) else CheckpointError
-        raise kind(f"could not write checkpoint {path}: {type(err).__name__}: {err}") from err
+        raise kind(f"could not write {what} {path}: {type(err).__name__}: {err}") from err
     finally:
         if tmp_name is not None and os.path.exists(tmp_name):
             os.unlink(tmp_name)

@@ -15,8 +15,6 @@ to give the encoder's features on random images.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +22,9 @@ import attrs
 import torch
 from torch import nn
 
-from metacontrast.checkpoint import CheckpointError, load_safe
+from metacontrast.checkpoint import CheckpointError, load_safe, save_atomic
 from metacontrast.config import ConfigError
+from metacontrast.run_dirs import write_text_atomic
 
 FORMATS = ("torchvision", "timm", "state_dict")
 EXPORT_VERSION = 1
@@ -34,12 +33,6 @@ _REPLACEMENTS = {"Identity": nn.Identity, "Conv2d": nn.Conv2d}
 
 class ExportError(CheckpointError):
     """The export cannot be written or read back; the message names the file or setting."""
-
-
-class ExportWriteError(ExportError):
-    """The operating system refused to write the export (exit status 1)."""
-
-    exit_code = 1
 
 
 @attrs.frozen
@@ -244,27 +237,10 @@ def write_export(checkpoint: Path, fmt: str, out: Path) -> ExportedEncoder:
                      "images": 4}
     meta["load"] = _load_snippet(meta, out)
     state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    text = json.dumps(meta, indent=2) + "\n"
-    _write_atomic(_metadata_path(out), lambda f: f.write(text.encode()))
-    _write_atomic(out, lambda f: torch.save(state, f))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(_metadata_path(out), json.dumps(meta, indent=2) + "\n")
+    save_atomic(state, out, what="encoder weights")
     return ExportedEncoder(weights=out, metadata=meta)
-
-
-def _write_atomic(path: Path, write: Any) -> None:
-    """``write(file)`` into a temporary file renamed to ``path``: the file is whole or absent."""
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as err:
-        raise ExportWriteError(f"could not write {path}: {err.strerror or err}") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_encoder_from(meta: dict[str, Any], facts: dict[str, Any]) -> nn.Module:

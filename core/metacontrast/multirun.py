@@ -62,14 +62,9 @@ def run_sweep(args: list[str], sweep_dir: Path | None = None) -> int:
     if any(a.startswith("trainer.run_dir=") for a in args):
         raise ConfigError("trainer.run_dir: a multirun sets each job's run directory; give --dir instead")
     from metacontrast.api import compose
-    from metacontrast.config_options import refused_hydra_override
 
-    for override in args:
-        refusal = refused_hydra_override(override)
-        if refusal:
-            raise ConfigError(refusal)
     jobs = expand_sweep(args)
-    for job in jobs:  # every job's config is checked before the first one runs
+    for job in jobs:  # every job's config is checked (hydra settings refused) before the first runs
         try:
             compose(job)
         except ConfigError as err:

@@ -45,9 +45,14 @@ class Announcer:
 SILENT = Announcer(False)
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """The autocast dtype as ``trainer.precision`` names it (``None``: fp32)."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
 def precision_reason(requested: str, device: torch.device, dtype: torch.dtype | None) -> str:
     """``bf16 (auto: this CPU computes bf16 natively)``: the precision and why it was chosen."""
-    name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    name = precision_name(dtype)
     if requested != "auto":
         return f"{name} (trainer.precision={requested})"
     if device.type == "cuda":

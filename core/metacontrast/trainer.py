@@ -54,7 +54,7 @@ from metacontrast.host import tune_glibc_malloc
 from metacontrast.interfaces import BuildContext
 from metacontrast.metrics import MetricsLogger
 from metacontrast.optim import build_optimizer, build_scheduler
-from metacontrast.phases import SILENT, Announcer, precision_reason
+from metacontrast.phases import SILENT, Announcer, precision_name, precision_reason
 from metacontrast.plugins import PluginManager
 from metacontrast.records import Batch, EvalInputs, LossTerms, StepInputs, StepState
 from metacontrast.run_dirs import (
@@ -177,6 +177,7 @@ class Run:
     sampler: EpochBatchSampler
     generator: torch.Generator
     autocast: Callable[[], contextlib.AbstractContextManager]
+    precision: str  # the autocast dtype chosen from trainer.precision: fp32 | bf16 | fp16
     total_steps: int
     position: Position = attrs.field(factory=Position)
     last_saved_step: int = -1
@@ -283,7 +284,8 @@ def setup(cfg: DictConfig, plugins: PluginManager | None = None, run_dir: Path |
     return Run(cfg=cfg, run_dir=run_dir, world=world, device=device, data=data,
                components=components, plugins=plugins, wrapped=wrapped, optimizer=optimizer,
                scheduler=scheduler, scaler=scaler, sampler=sampler, generator=generator,
-               autocast=autocast_factory(device, dtype), total_steps=total,
+               autocast=autocast_factory(device, dtype), precision=precision_name(dtype),
+               total_steps=total,
                compile_watch=None if mode == "off" else CompileWatch(mode, str(t.compile_backend),
                                                                      eager_parts),
                announce=announce)
@@ -438,19 +440,20 @@ def evaluate_encoder(run: Run, encoder: torch.nn.Module, evaluators: dict[str, A
     also save the 2-D projection of its test features (``test_projection.pt``). ``label``:
     announce each evaluator as ``evaluating <label>: <name> (i/n)``."""
     inputs = eval_inputs(run, encoder)
+    announce = run.announce if label else SILENT
     metrics = run_evaluators(run.components.evaluators if evaluators is None else evaluators, inputs,
-                             announce=run.announce if label else SILENT, label=f"evaluating {label}")
+                             announce=announce, label=f"evaluating {label}")
     run.eval_details.update(inputs.details)
     points = int(run.cfg.evaluation.projection_points)
     if project and points > 0 and run.world.is_main:
         _, test = inputs.frozen()
         method = str(run.cfg.evaluation.projection)
-        with (run.announce if label else SILENT).phase(
+        with announce.phase(
                 f"mapping {min(points, int(test.x.shape[0]))} test features to 2-D ({method})"):
             projection = project_2d(test.x, test.y, max_points=points, seed=int(run.cfg.trainer.seed),
                                     method=method)
         run.run_dir.mkdir(parents=True, exist_ok=True)
-        save_atomic(projection, run.run_dir / "test_projection.pt")
+        save_atomic(projection, run.run_dir / "test_projection.pt", what="projection")
     return metrics
 
 
@@ -922,8 +925,6 @@ def describe_run(run: Run, metrics: dict[str, dict[str, float]], seconds: float)
     from metacontrast import __version__
 
     cfg = run.cfg
-    precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[
-        resolve_precision(str(cfg.trainer.precision), run.device)]
     return {
         "method": str(cfg.method_name),
         "dataset": str(run.data.name),
@@ -932,7 +933,7 @@ def describe_run(run: Run, metrics: dict[str, dict[str, float]], seconds: float)
         "epochs": run.position.epoch,
         "global_batch": int(cfg.trainer.batch_size) * run.world.world_size * int(cfg.trainer.accumulate),
         "seed": int(cfg.trainer.seed),
-        "precision": precision,
+        "precision": run.precision,
         "device": str(run.device),
         "hardware": hardware_description(run.device),
         "world_size": run.world.world_size,

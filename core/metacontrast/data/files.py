@@ -94,14 +94,7 @@ class EncodedImages(Dataset):
 
 
 class ImageFiles(EncodedImages):
-    """Image files: ``paths[i]`` decoded."""
-
-    def __init__(self, paths: Sequence[str], labels: Sequence[int], size: int) -> None:
-        super().__init__(paths, labels, size)
-
-    @property
-    def paths(self) -> list[str]:
-        return self.items
+    """Image files: ``items[i]`` is a path."""
 
     def read(self, i: int) -> str:
         return self.items[i]
@@ -194,6 +187,7 @@ def decode_on_device(encoded: list[Tensor], size: int, device: torch.device) -> 
     images: list[Tensor | None] = [None] * len(encoded)
     errors = [""] * len(encoded)
     jpegs = [i for i, b in enumerate(encoded) if b.numel() >= 3 and b[:3].tolist() == [0xFF, 0xD8, 0xFF]]
+    is_jpeg = set(jpegs)
     if jpegs:
         try:
             decoded = decode_jpeg([encoded[i] for i in jpegs], device=device, mode="RGB")
@@ -205,7 +199,7 @@ def decode_on_device(encoded: list[Tensor], size: int, device: torch.device) -> 
         if image is not None:
             continue
         try:
-            if i in jpegs:
+            if i in is_jpeg:
                 images[i] = decode_jpeg(encoded[i], device=device, mode="RGB")
             else:
                 images[i] = decode_image(encoded[i], mode="RGB").to(device)
@@ -230,10 +224,11 @@ def loader_workers(requested: int) -> int:
     return max(1, min(8, cores))
 
 
-def _loader(files: EncodedImages, batches: list[list[int]], workers: int,
-            pin_memory: bool = False) -> DataLoader:
+def _loader(files: Dataset, batches: list[list[int]], workers: int, pin_memory: bool = False,
+            collate_fn: Any = None) -> DataLoader:
     return DataLoader(files, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory,
-                      persistent_workers=False, prefetch_factor=2 if workers > 0 else None)
+                      persistent_workers=False, prefetch_factor=2 if workers > 0 else None,
+                      collate_fn=collate_fn)
 
 
 def _decode_read(encoded: list[Tensor], read_errors: list[str], size: int,
@@ -276,8 +271,7 @@ def stream_batches(files: EncodedImages, plan: list[tuple[int, Tensor]], bad: Ba
     if decode_device is None:
         loader: Any = _loader(files, batches, workers, pin_memory)
     else:
-        raw = DataLoader(EncodedBytes(files), batch_sampler=batches, num_workers=workers,
-                         collate_fn=_as_lists, prefetch_factor=2 if workers > 0 else None)
+        raw = _loader(EncodedBytes(files), batches, workers, collate_fn=_as_lists)
         loader = (_decode_read(encoded, errors, files.size, decode_device) for encoded, errors in raw)
     for (batch_index, idx), (images, errors) in zip(plan, loader, strict=True):
         failed = [j for j, e in enumerate(errors) if e]
