@@ -42,6 +42,7 @@ from _report import best_of_rounds, machine, markdown_table, record, train_step
 
 from metacontrast import trainer
 from metacontrast.config import ConfigError, compose_config
+from metacontrast.host_reads import HostReads
 from metacontrast.launches import BarePasses, EncoderCall, recording_encoder_calls
 from metacontrast.records import Batch
 
@@ -120,11 +121,16 @@ def encoder_calls(run: Any, step: Any) -> list[EncoderCall]:
 
 def ceiling(run: Any, calls: list[EncoderCall], how: str = "eager") -> Any:
     """The bare passes of ``calls`` (``BarePasses``): ``eager``; ``compiled`` (each encoder
-    through ``torch.compile``); ``graphs`` (the eager passes captured as one CUDA graph)."""
+    through ``torch.compile``); ``graphs`` (the eager passes captured as one CUDA graph;
+    ``None`` when the passes make the host wait, e.g. MetAug's colour conversion)."""
     passes = BarePasses(run, calls, wrap=(lambda m: torch.compile(m, dynamic=False)) if how == "compiled"
                         else None)
     if how != "graphs":
         return passes
+    with HostReads() as reads:  # a pass that makes the host wait cannot be captured
+        passes()
+    if reads.total:
+        return None
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -269,6 +275,8 @@ def main() -> None:
         ceilings = ["eager"] + [how for how in ("compiled", "graphs") if any(how in v for v in variants)]
         for how in ceilings:
             passes = ceiling(run, calls, how)
+            if passes is None:
+                continue
             fns[f"{method}/bare {how}"] = lambda passes=passes: (passes(), sync())
         for variant in variants:
             if variant == "eager":

@@ -103,3 +103,42 @@ def test_compile_modes_are_checked_and_earlier_booleans_still_mean_something():
         compiling.compile_mode("graph")
     with pytest.raises(ConfigError, match=r"trainer.compile_backend: unknown backend 'indcutor'; available: .*inductor"):
         compiling.compile_parts("step", torch.nn.Linear(2, 2), torch.nn.Identity(), [], backend="indcutor")
+
+
+def _graphs_of_the_compiled_step(method: str, colour_npz: str, tmp_path) -> list[torch.fx.GraphModule]:
+    graphs: list[torch.fx.GraphModule] = []
+    name = "metacontrast_test_recording"
+    if name not in torch._dynamo.list_backends(exclude_tags=()):
+        torch._dynamo.register_backend(name=name)(lambda gm, inputs: (_RECORDED.append(gm), gm.forward)[1])
+    _RECORDED.clear()
+    two_steps([*METHODS[method], "data=npz", f"data.root={colour_npz}"], tmp_path, compile="step", backend=name)
+    graphs.extend(_RECORDED)
+    return graphs
+
+
+_RECORDED: list[torch.fx.GraphModule] = []
+
+
+FACTORIES = (torch.tensor, torch.as_tensor, torch.arange, torch.zeros, torch.ones, torch.full, torch.empty,
+             torch.eye, torch.linspace, torch.randperm)
+
+
+def _made_on_the_host(node: torch.fx.Node) -> bool:
+    """A tensor of Python numbers, or one made by a factory without a device (so on the
+    host, then moved): on a GPU, a copy from the host at every run of the graph."""
+    if node.op != "call_function" or node.target not in FACTORIES:
+        return False
+    return node.target in (torch.tensor, torch.as_tensor) or "device" not in node.kwargs
+
+
+@pytest.mark.parametrize("method", ["simclr", "clsa_multi", "protonet"])
+def test_a_compiled_step_builds_no_tensor_on_the_host(method, colour_npz, tmp_path):
+    """Constants (colour weights, canvas masks, normalisation, episode indices) are
+    written on the device (``device_tensor``) and cached: a tensor of Python numbers, or one
+    made on the host, traced into the graph would be copied to the device at every step,
+    which a CUDA graph cannot capture."""
+    graphs = _graphs_of_the_compiled_step(method, colour_npz, tmp_path)
+    assert len(graphs) == 2  # the views and the model's forward
+    built = [f"{node.name}: {node.meta.get('stack_trace', '').strip().splitlines()[-2:-1]}"
+             for gm in graphs for node in gm.graph.nodes if _made_on_the_host(node)]
+    assert built == []

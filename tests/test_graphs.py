@@ -39,7 +39,7 @@ def test_capture_is_refused_where_it_cannot_work_naming_the_option():
 
 
 def test_setup_refuses_cuda_graphs_on_the_cpu(tmp_path):
-    cfg = compose_config([*TINY, "trainer.cuda_graphs=true", f"trainer.run_dir={tmp_path}"])
+    cfg = compose_config([*TINY, "trainer.cuda_graphs=true", "trainer.device=cpu", f"trainer.run_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="trainer.cuda_graphs: CUDA graphs capture GPU kernels; this run's "
                                           "device is cpu"):
         setup(cfg)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from metacontrast.device_constants import device_tensor
 
 
 def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -19,17 +20,14 @@ def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Te
         x = x / 255.0
     if len(mean) != x.shape[1] or len(std) != x.shape[1]:
         raise ValueError(f"normalize: {x.shape[1]} channels but {len(mean)} means and {len(std)} stds")
-    m, s = _channel_constants(tuple(map(float, mean)), tuple(map(float, std)), x.device, x.dtype)
+    m = _per_channel(tuple(map(float, mean)), x.device, x.dtype)
+    s = _per_channel(tuple(map(float, std)), x.device, x.dtype)
     return (x - m) / s
 
 
-@functools.lru_cache(maxsize=32)
-def _channel_constants(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
-                       dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """``(1, C, 1, 1)`` mean and std, made once per device (not copied from the host per call)."""
-    with torch.inference_mode(False):  # usable by autograd even when first made during evaluation
-        return (torch.tensor(mean, dtype=dtype, device=device).view(1, -1, 1, 1),
-                torch.tensor(std, dtype=dtype, device=device).view(1, -1, 1, 1))
+def _per_channel(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``(1, C, 1, 1)`` per-channel values (a mean or a std), made once per device."""
+    return device_tensor(values, device, dtype).view(1, -1, 1, 1)
 
 
 def sample_resized_crops(n: int, height: int, width: int, *, scale: Sequence[float],

@@ -15,6 +15,8 @@ import functools
 import torch
 from torch import Tensor
 
+from metacontrast.device_constants import device_tensor
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class CanvasConstants:
@@ -39,20 +41,19 @@ class CanvasConstants:
 
 @functools.lru_cache(maxsize=32)
 def constants(sizes: tuple[int, ...], side: int, device: torch.device) -> CanvasConstants:
-    """The ``CanvasConstants`` of views of ``sizes`` on a canvas of ``side``, made once."""
+    """The ``CanvasConstants`` of views of ``sizes`` on a canvas of ``side``, made once,
+    on the device (nothing copied from the host: ``device_tensor``)."""
     with torch.inference_mode(False):
-        j = torch.arange(side, dtype=torch.float32)
-        size = torch.tensor(sizes, dtype=torch.float32)[:, None]
+        j = torch.arange(side, dtype=torch.float32, device=device)
+        size = device_tensor(tuple(float(s) for s in sizes), device, torch.float32)[:, None]
         valid_axis = j[None, :] < size  # (V, S)
-        steps = torch.where(valid_axis, j / (size - 1).clamp_min(1), torch.zeros(()))
+        steps = torch.where(valid_axis, j / (size - 1).clamp_min(1), 0.0)
         valid = (valid_axis[:, :, None] & valid_axis[:, None, :]).reshape(len(sizes), 1, 1, side * side)
         ys, xs = torch.meshgrid(j, j, indexing="ij")
-        xy = torch.stack([xs.reshape(-1), ys.reshape(-1), torch.ones(side * side)], dim=1)
-        return CanvasConstants(valid=valid.float().to(device), valid_mask=valid.to(device),
-                               padding_lift=((~valid).float() * 2).to(device),
-                               valid_axis=valid_axis.view(-1, 1, 1, side).to(device),
-                               steps=steps.view(-1, 1, 1, side).to(device),
-                               pixels=(size.squeeze(1) ** 2).view(-1, 1).to(device), xy=xy.to(device))
+        xy = torch.stack([xs.reshape(-1), ys.reshape(-1), torch.ones(side * side, device=device)], dim=1)
+        return CanvasConstants(valid=valid.float(), valid_mask=valid, padding_lift=(~valid).float() * 2,
+                               valid_axis=valid_axis.view(-1, 1, 1, side), steps=steps.view(-1, 1, 1, side),
+                               pixels=(size.squeeze(1) ** 2).view(-1, 1), xy=xy)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -8,7 +8,6 @@ and the crop-and-resize warp come from kornia.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 from collections.abc import Callable, Iterator
 
@@ -16,6 +15,8 @@ import kornia
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from metacontrast.device_constants import device_tensor
 
 _FORCED_SELECTION: str | None = None
 
@@ -62,12 +63,10 @@ def where_rows(mask: Tensor, fn: Callable[..., Tensor], x: Tensor, *args: Tensor
     return out
 
 
-@functools.lru_cache(maxsize=64)
 def constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
-    """A small constant tensor made once per device and dtype (building it from Python
-    numbers at every call would copy from the host each time)."""
-    with torch.inference_mode(False):  # usable by autograd even when first made during evaluation
-        return torch.tensor(values, device=device, dtype=dtype)
+    """A small constant tensor made once per device and dtype, on the device (building it
+    from Python numbers at every call would copy from the host each time)."""
+    return device_tensor(values, device, dtype)
 
 
 def _per_sample(f: Tensor) -> Tensor:

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from metacontrast.device_constants import device_tensor
 from metacontrast_kornia.canvas import Canvas, constants
 from metacontrast_kornia.fused import grey
 from metacontrast_kornia.ops import constant
@@ -80,48 +81,40 @@ def _inverse_affine_table(sizes: tuple[int, ...], side: int, device: torch.devic
     sin t)``, ``m`` the magnitude and ``t`` the rotation in radians. The inverse of a shear
     or translation by ``m`` is the one by ``-m``; of a rotation about the view's centre, the
     rotation by ``-t``."""
-    table = torch.zeros(len(OPS) + 1, len(sizes), 6, 4)
+    rows: list[float] = []
     k = 2 / max(side - 1, 1)
-    for v, size in enumerate(sizes):
-        h = (size - 1) / 2
-        for row in range(len(OPS) + 1):
-            e = torch.zeros(6, 4)  # entries e00 e01 e02 e10 e11 e12 in pixels
-            e[0, 0] = e[4, 0] = 1.0
-            name = OPS[row - 1] if row else None
+    for row in range(len(OPS) + 1):
+        name = OPS[row - 1] if row else None
+        for size in sizes:
+            h = (size - 1) / 2
+            e = [[1.0, 0.0, 0.0, 0.0], [0.0] * 4, [0.0] * 4, [0.0] * 4, [1.0, 0.0, 0.0, 0.0], [0.0] * 4]
             if name == "shear_x":
-                e[1, 1], e[2, 1] = -1.0, h
+                e[1][1], e[2][1] = -1.0, h
             elif name == "shear_y":
-                e[3, 1], e[5, 1] = -1.0, h
+                e[3][1], e[5][1] = -1.0, h
             elif name == "translate_x":
-                e[2, 1] = -float(size)
+                e[2][1] = -float(size)
             elif name == "translate_y":
-                e[5, 1] = -float(size)
+                e[5][1] = -float(size)
             elif name == "rotate":
-                e[0] = torch.tensor([0.0, 0.0, 1.0, 0.0])
-                e[4] = torch.tensor([0.0, 0.0, 1.0, 0.0])
-                e[1] = torch.tensor([0.0, 0.0, 0.0, 1.0])
-                e[3] = torch.tensor([0.0, 0.0, 0.0, -1.0])
-                e[2] = torch.tensor([h, 0.0, -h, -h])
-                e[5] = torch.tensor([h, 0.0, -h, h])
-            e = e * k
-            e[2, 0] -= 1.0
-            e[5, 0] -= 1.0
-            table[row, v] = e
-    with torch.inference_mode(False):
-        return table.to(device)
+                e = [[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0], [h, 0.0, -h, -h],
+                     [0.0, 0.0, 0.0, -1.0], [0.0, 0.0, 1.0, 0.0], [h, 0.0, -h, h]]
+            e = [[x * k for x in entry] for entry in e]
+            e[2][0] -= 1.0
+            e[5][0] -= 1.0
+            rows.extend(x for entry in e for x in entry)
+    return device_tensor(tuple(rows), device, torch.float32).view(len(OPS) + 1, len(sizes), 6, 4)
 
 
 @functools.lru_cache(maxsize=32)
 def _interior(sizes: tuple[int, ...], side: int, device: torch.device) -> Tensor:
     """``(V, 1, 1, S*S)`` bool: pixels at least one pixel inside each view's border (PIL's
     smoothing leaves the border as it is)."""
-    j = torch.arange(side)
-    masks = []
-    for size in sizes:
-        inside = (j >= 1) & (j <= size - 2)
-        masks.append((inside[:, None] & inside[None, :]).reshape(1, 1, side * side))
     with torch.inference_mode(False):
-        return torch.stack(masks).to(device)
+        j = torch.arange(side, device=device)
+        size = device_tensor(tuple(float(s) for s in sizes), device, torch.float32).view(-1, 1)
+        inside = (j >= 1) & (j <= size - 2)  # (V, S)
+        return (inside[:, :, None] & inside[:, None, :]).reshape(len(sizes), 1, 1, side * side)
 
 
 def round_plan(op: Tensor, apply: Tensor, magnitude: Tensor, sizes: tuple[int, ...], side: int,
@@ -237,10 +230,10 @@ class _Bins:
 def _histogram_bins(sizes: tuple[int, ...], b: int, c: int, device: torch.device) -> _Bins:
     v = len(sizes)
     with torch.inference_mode(False):
-        offset = (torch.arange(v * b * c) * 257).view(v, b, c, 1)
-        pixels = torch.tensor([s * s for s in sizes]).view(v, 1, 1, 1)
-        return _Bins(offset=offset.to(device), levels=torch.arange(256).to(device), pixels=pixels.to(device),
-                     one=torch.ones((), dtype=torch.long).to(device))
+        offset = (torch.arange(v * b * c, device=device) * 257).view(v, b, c, 1)
+        pixels = device_tensor(tuple(s * s for s in sizes), device, torch.long).view(v, 1, 1, 1)
+        return _Bins(offset=offset, levels=torch.arange(256, device=device), pixels=pixels,
+                     one=torch.ones((), dtype=torch.long, device=device))
 
 
 def _equalize(levels: Tensor, bins: _Bins, valid: Tensor | None) -> Tensor:
