@@ -128,7 +128,7 @@ else
         --rounds 1 && SIMCLR_VARIANTS=$SIMCLR_VARIANTS,compiled+graphs
     stage throughput_simclr 120 "$PY" benchmarks/method_throughput.py --data-root "$DATA" --device cuda \
         --batch 256 --methods simclr --variants "$SIMCLR_VARIANTS" --steps 5 --rounds 3 \
-        --json "$OUT/throughput.json" --write
+        --section simclr_variants_cuda --json "$OUT/throughput.json" --write
     stage views 45 "$PY" benchmarks/view_throughput.py --data-root "$DATA" --device cuda --write
     TTA_EXTRA=()
     CAP_MAX=100000

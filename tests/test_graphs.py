@@ -48,7 +48,8 @@ def test_setup_refuses_cuda_graphs_on_the_cpu(tmp_path):
 
 
 def _train(overrides: list[str], run_dir, graphed: bool, monkeypatch, steps: int = 6):
-    cfg = compose_config([*TINY, *overrides, f"trainer.max_steps={steps}", "trainer.precision=fp32",
+    # the capture simulated (RerunCapture) on the CPU, bit for bit; a GPU's own is the test below
+    cfg = compose_config([*TINY, *overrides, "trainer.device=cpu", f"trainer.max_steps={steps}", "trainer.precision=fp32",
                           "trainer.log_every=1000", "trainer.checkpoint_every=0", f"trainer.run_dir={run_dir}"])
     run = setup(cfg)
     if graphed:  # as on a GPU, with each replay running the captured function again
@@ -122,7 +123,7 @@ def test_on_a_gpu_the_captured_step_trains_as_the_eager_one(colour_npz, tmp_path
 
 def test_a_batch_of_another_shape_is_refused_by_the_captured_step(colour_npz, tmp_path):
     cfg = compose_config([*TINY, "views=simclr_cifar", "data=npz", f"data.root={colour_npz}",
-                          f"trainer.run_dir={tmp_path}"])
+                          "trainer.device=cpu", f"trainer.run_dir={tmp_path}"])  # the capture simulated
     run = setup(cfg)
     step_fn = run.plugins.make_train_step(cfg, run.components)
     graphed = graphs.GraphedStep(run, step_fn, capture=graphs.RerunCapture())
