@@ -63,8 +63,8 @@ def main(out_dir: Path) -> None:
     b = GLOBAL_BATCH // world.world_size
     mine = slice(world.rank * b, (world.rank + 1) * b)
     views = Views(images=(all_views[0, mine], all_views[1, mine]), index=torch.arange(GLOBAL_BATCH)[mine])
-    if method in ("simclr", "triplet", "npair"):
-        episode = Episode.pairs(views)
+    if method in ("simclr", "triplet", "npair"):  # the all-pairs episode of the whole world (the losses'
+        episode = Episode.from_views(views, rank=world.rank, world_size=world.world_size)  # gather: across it)
     else:
         span = os.environ.get("SPAN", "1") == "1"
         episode = Episode.from_views(views, 1, rank=world.rank if span else 0,

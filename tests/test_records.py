@@ -23,18 +23,18 @@ def test_views_check_batch_and_params():
 
 
 def test_pairs_episode_is_b_way_all_pairs():
-    ep = Episode.pairs(_views(b=3, v=2))
+    ep = Episode.from_views(_views(b=3, v=2))
     assert ep.n_way == 3 and ep.exclude_self
     assert ep.labels.tolist() == [0, 1, 2, 0, 1, 2]
     assert ep.support.tolist() == ep.query.tolist() == list(range(6))
 
 
 def test_n_way_k_shot_episode_splits_views():
-    ep = Episode.n_way_k_shot(_views(b=2, v=3), n_support_views=2)
+    ep = Episode.from_views(_views(b=2, v=3), n_support_views=2)
     assert ep.support.tolist() == [0, 1, 2, 3]
     assert ep.query.tolist() == [4, 5]
     with pytest.raises(ShapeError, match="support_views must be in"):
-        Episode.n_way_k_shot(_views(b=2, v=3), n_support_views=3)
+        Episode.from_views(_views(b=2, v=3), n_support_views=3)
 
 
 def test_embeddings_and_loss_terms():

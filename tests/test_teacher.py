@@ -56,7 +56,7 @@ def test_teacher_view_names_the_setting_to_change():
         emb.teacher_view(0, 3)
     model = _model(views=(5,), exclusive=False)
     with pytest.raises(ShapeError, match=r"teacher.views: \[5\] names a view"):
-        model(_views(), Episode.pairs(_views()))
+        model(_views(), Episode.from_views(_views()))
 
 
 def test_exclusive_teacher_refuses_losses_that_read_every_view(tmp_path):

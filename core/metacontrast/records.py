@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metacontrast.layout import PairLayout, episode_indices, pair_layout
+from metacontrast import distributed
+from metacontrast.layout import PairLayout, episode_indices, gather_rows, pair_layout
 
 
 class ShapeError(ValueError):
@@ -202,20 +203,49 @@ class Episode:
                    tasks=tasks, rank=rank, world_size=world_size, mix_weight=weight,
                    mix_partner=partner, pair_layout=pairs)
 
-    @classmethod
-    def pairs(cls, views: Views) -> Episode:
-        """SimCLR's all-pairs episode: B-way, each image its own class, every view both
-        support and query, scored against all other V*B - 1 view-samples."""
-        return cls.from_views(views)
+    def all_pairs(self, gather: bool = True) -> PairLayout:
+        """Where each row's own column, positive and negatives are when every view-sample
+        is scored against the view-samples of all ranks (``gather``) or of this rank only
+        (``PairLayout``). Only the all-pairs episode (``episode=pairs``) has one."""
+        if not self.exclude_self:
+            raise ShapeError("this loss or solver scores every view-sample against all others: it needs the "
+                             "all-pairs episode (episode=pairs), not support and query views")
+        if gather and self.pair_layout is not None:
+            return self.pair_layout
+        world, rank = (self.world_size, self.rank) if gather else (1, 0)
+        return pair_layout(self.batch_size, self.n_views, rank, world, self.labels.device)
 
-    @classmethod
-    def n_way_k_shot(cls, views: Views, n_support_views: int) -> Episode:
-        """B-way episode: the first ``n_support_views`` views of each image are its
-        support (K = n_support_views shots), the remaining views its queries."""
-        if n_support_views < 1:
-            raise ShapeError(f"Episode.n_way_k_shot: n_support_views must be in [1, {views.n_views - 1}] "
-                             f"for {views.n_views} views, got {n_support_views}")
-        return cls.from_views(views, n_support_views)
+    def support_of_all_ranks(self, z: Tensor) -> Tensor:
+        """The support rows of every rank: local view-major ``z (V*B, D)`` ->
+        ``(m1, G, D)``, the first ``n_support_views`` views of all ``G = W * B`` images
+        (gathered with gradient)."""
+        if self.n_support_views < 1:
+            raise ShapeError("this solver needs support and query views: use episode=n_way_k_shot with "
+                             "support_views >= 1 (the all-pairs episode has no separate query)")
+        return gather_rows(z, self.n_views, self.world_size)[:self.n_support_views]
+
+    def mix_of_all_ranks(self) -> tuple[Tensor, Tensor] | None:
+        """``(mix_weight, mix_partner)`` of every rank's view-samples in the all-pairs
+        candidates' order (``(V*G,)`` each, view-major, rank-major within a view);
+        ``None`` unmixed."""
+        if self.mix_weight is None or self.mix_partner is None:
+            return None
+        out = []
+        for t in (self.mix_weight, self.mix_partner):
+            tv = t.view(self.n_views, -1)
+            if self.world_size > 1:
+                tv = distributed.gather_no_grad(tv.T.contiguous()).T
+            out.append(tv.reshape(-1))
+        return out[0], out[1]
+
+    def local(self) -> Episode:
+        """This episode restricted to this rank's B images (classes ``0 .. B-1``), for
+        losses whose targets never leave the rank."""
+        offset = self.rank * self.batch_size
+        partner = None if self.mix_partner is None else self.mix_partner - offset
+        local_pairs = None if self.pair_layout is None else self.all_pairs(gather=False)
+        return dataclasses.replace(self, labels=self.labels - offset, n_way=self.batch_size, rank=0,
+                                   world_size=1, tasks=1, mix_partner=partner, pair_layout=local_pairs)
 
     def class_targets(self, rows: Tensor | None = None) -> Tensor:
         """Soft class targets ``(R, n_way)`` of the view-samples ``rows`` (all V*B by

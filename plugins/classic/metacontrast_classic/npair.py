@@ -27,11 +27,10 @@ SIMILARITIES = ("dot", "neg_sq_distance")
 
 def npair_loss(rows: PairRows, *, similarity: str, symmetric: bool, l2_reg: float) -> Tensor:
     """0-dim N-pair loss of ``rows`` (see the module docstring)."""
-    b2, n2 = rows.anchors.shape[0], rows.candidates.shape[0]
-    b, n = b2 // 2, n2 // 2
-    directions = [(rows.anchors[:b], rows.candidates[n:], rows.positive[:b] - n)]
+    view_0, view_1 = rows.of_view(0), rows.of_view(1)  # (anchors, candidates, classes) of each view
+    directions = [(view_0[0], view_1[1], view_0[2])]  # each anchor's positive: its own image's row
     if symmetric:
-        directions.append((rows.anchors[b:], rows.candidates[:n], rows.positive[b:]))
+        directions.append((view_1[0], view_0[1], view_1[2]))
     total = rows.anchors.new_zeros(())
     for anchors, positives, target in directions:
         scores = anchors @ positives.T if similarity == "dot" else -torch.cdist(anchors, positives).pow(2)

@@ -1,9 +1,9 @@
 """Anchors and candidates of a two-view episode, shared by the triplet and N-pair losses.
 
-Rows of one rank: view 0 of its B images, then view 1 (``2B`` anchors). Candidates: the
-same rows of every rank under DDP (gathered with gradient, rank-major: all ranks' view 0,
-then all ranks' view 1; ``2n`` rows for a global batch n). Each anchor's positive is the
-other view of its image; every row of another image is a negative.
+Rows of one rank: view 0 of its B images, then view 1 (``2B`` anchors). Candidates, each
+anchor's own column, its positive (the other view of its image) and its negatives (every
+row of another image) are the episode's all-pairs layout (``Episode.all_pairs``): under
+DDP the rows of every rank, gathered with gradient.
 """
 
 from __future__ import annotations
@@ -13,24 +13,27 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from metacontrast import distributed
 from metacontrast.records import LossInputs, ShapeError
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class PairRows:
     """``anchors (2B, D)``, ``candidates (2n, D)``, ``positive (2B,)``: the candidate
-    index of each anchor's positive; ``self_index (2B,)``: the anchor's own candidate row."""
+    index of each anchor's positive; ``negative_mask (2B, 2n)``: true where the candidate
+    is another image's view; ``classes (2B,)``: each anchor's image among the ``n`` of all
+    ranks, which is also its positive's row among the other view's ``n`` candidates."""
 
     anchors: Tensor
     candidates: Tensor
     positive: Tensor
-    self_index: Tensor
+    negative_mask: Tensor
+    classes: Tensor
 
-    def negative_mask(self) -> Tensor:
-        """``(2B, 2n)`` true where the candidate is another image's view."""
-        cols = torch.arange(self.candidates.shape[0], device=self.anchors.device)
-        return (cols != self.positive[:, None]) & (cols != self.self_index[:, None])
+    def of_view(self, v: int) -> tuple[Tensor, Tensor, Tensor]:
+        """``(anchors (B, D), candidates (n, D), classes (B,))`` of view ``v`` alone."""
+        b, n = self.anchors.shape[0] // 2, self.candidates.shape[0] // 2
+        mine = slice(v * b, (v + 1) * b)
+        return self.anchors[mine], self.candidates[v * n:(v + 1) * n], self.classes[mine]
 
 
 def two_view_rows(inputs: LossInputs, loss: str, *, normalize: bool, gather: bool) -> PairRows:
@@ -43,11 +46,8 @@ def two_view_rows(inputs: LossInputs, loss: str, *, normalize: bool, gather: boo
     za, zb = inputs.embeddings.view(0, 2).float(), inputs.embeddings.view(1, 2).float()
     if normalize:
         za, zb = torch.nn.functional.normalize(za, dim=1), torch.nn.functional.normalize(zb, dim=1)
-    b = za.shape[0]
-    world = distributed.current() if gather else distributed.WorldInfo()
-    all_a = distributed.gather_with_grad(za) if gather else za
-    all_b = distributed.gather_with_grad(zb) if gather else zb
-    n = all_a.shape[0]
-    local = torch.arange(b, device=za.device) + world.rank * b
-    return PairRows(anchors=torch.cat([za, zb]), candidates=torch.cat([all_a, all_b]),
-                    positive=torch.cat([local + n, local]), self_index=torch.cat([local, local + n]))
+    layout = ep.all_pairs(gather)
+    anchors = torch.cat([za, zb])
+    assert layout.positive is not None and layout.negative_mask is not None  # two views
+    return PairRows(anchors=anchors, candidates=layout.candidates(anchors), positive=layout.positive,
+                    negative_mask=layout.negative_mask, classes=ep.labels if gather else ep.local().labels)

@@ -34,7 +34,7 @@ def triplet_loss(rows: PairRows, margin: float, mining: str) -> Tensor:
     d = torch.cdist(rows.anchors, rows.candidates).pow(2)  # (2B, 2n)
     arange = torch.arange(d.shape[0], device=d.device)
     d_ap = d[arange, rows.positive]  # (2B,)
-    negative = rows.negative_mask()
+    negative = rows.negative_mask
     if mining == "all":
         hinge = (d_ap[:, None] - d + margin).clamp_min(0)
         return hinge[negative].mean()

@@ -87,7 +87,7 @@ def _inputs(n_views=4, teacher_views=(1,), memory=True):
     views = Views(images=(torch.zeros(b, 3, 8, 8),) * n_views, index=torch.arange(b))
     emb = Embeddings(h=z, z=z, extras={"teacher_z": teacher}, teacher_views=teacher_views)
     queue = torch.randn(8, 6, generator=g) if memory else None
-    return LossInputs(views=views, episode=Episode.pairs(views), embeddings=emb, memory=queue), z, teacher, queue
+    return LossInputs(views=views, episode=Episode.from_views(views), embeddings=emb, memory=queue), z, teacher, queue
 
 
 def test_loss_uses_every_view_after_the_weak_and_key_views_as_strong():

@@ -3,14 +3,12 @@ and the large-rotation prediction loss (LLR)."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import attrs
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metacontrast.interfaces import BuildContext, Loss
-from metacontrast.records import Episode, LossInputs, ShapeError
+from metacontrast.records import LossInputs, ShapeError
 from metacontrast_metassl.solvers import cross_view_targets
 
 
@@ -73,19 +71,9 @@ class BYOLLoss(Loss):
                              f"views {list(emb.teacher_views)}: set teacher.views=null")
         p = F.normalize(self.predictor(emb.z).float(), dim=-1)
         t = F.normalize(emb.extras["teacher_z"].float(), dim=-1)
-        local = local_episode(ep)
-        mix = None if local.mix_weight is None else (local.mix_weight, local.mix_partner)
-        weights = cross_view_targets(local, local.labels, mix, local.batch_size)  # (V*B, V*B)
+        local = ep.local()  # the teacher's rows are this rank's: targets never leave it
+        weights = cross_view_targets(local, local.all_pairs(), local.mix_of_all_ranks())  # (V*B, V*B)
         return (weights * (2 - 2 * p @ t.T)).sum() / ep.batch_size
-
-
-def local_episode(ep: Episode) -> Episode:
-    """The episode restricted to this rank's B images (classes 0..B-1), for losses whose
-    targets never leave the rank."""
-    offset = ep.rank * ep.batch_size
-    partner = None if ep.mix_partner is None else ep.mix_partner - offset
-    return dataclasses.replace(ep, labels=ep.labels - offset, n_way=ep.batch_size, rank=0, world_size=1,
-                               tasks=1, mix_partner=partner)
 
 
 class RotationLoss(Loss):

@@ -24,12 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metacontrast import distributed
 from metacontrast.closed_forms import ridge_weights
 from metacontrast.interfaces import BuildContext, Solver
-from metacontrast.layout import pair_layout
-from metacontrast.records import Embeddings, Episode, Logits, ShapeError, soft_class_targets
-from metacontrast_metassl.tasks import Tasks, gather_views, per_task_scores, split_tasks, targets_for_loss
+from metacontrast.layout import PairLayout
+from metacontrast.records import Embeddings, Episode, Logits, soft_class_targets
+from metacontrast_metassl.tasks import Tasks, per_task_scores, split_tasks, targets_for_loss
 
 DISTANCES = ("euclidean", "cosine")
 __all__ = ["AllPairsSolver", "ProtoNetSolver", "RidgeSolver", "protonet_scores", "ridge_weights"]
@@ -158,33 +157,15 @@ class AllPairsConfig:
         _positive("temperature", self.temperature)
 
 
-def _global_mix(episode: Episode) -> tuple[Tensor, Tensor] | None:
-    """``mix_weight``, ``mix_partner`` of every rank's view-samples, ``(V * G,)`` view-major."""
-    if episode.mix_weight is None or episode.mix_partner is None:
-        return None
-    v = episode.n_views
-    out = []
-    for t in (episode.mix_weight, episode.mix_partner):
-        tv = t.view(v, -1)
-        if episode.world_size > 1:
-            tv = distributed.gather_no_grad(tv.T.contiguous()).T
-        out.append(tv.reshape(-1))
-    return out[0], out[1]
-
-
-def cross_view_targets(episode: Episode, candidate_classes: Tensor,
-                       candidate_mix: tuple[Tensor, Tensor] | None, n_candidates_per_view: int) -> Tensor:
-    """For each local view-sample (anchor), a distribution over candidates: proportional
-    to the overlap of their class targets, counting only candidates of other views.
-    Unmixed, this is the uniform distribution over the other views of the same image
+def cross_view_targets(episode: Episode, layout: PairLayout,
+                       candidate_mix: tuple[Tensor, Tensor] | None) -> Tensor:
+    """For each local view-sample (anchor), a distribution over the ``layout``'s candidates:
+    proportional to the overlap of their class targets, counting only candidates of other
+    views. Unmixed, this is the uniform distribution over the other views of the same image
     (SimCLR's positive for V = 2). ``(V*B, V*G)``."""
     anchors = episode.class_targets()  # (V*B, G)
-    cand = soft_class_targets(candidate_classes, episode.n_way, *(candidate_mix or (None, None)))
-    overlap = anchors @ cand.T
-    v = episode.n_views
-    anchor_view = torch.arange(v, device=anchors.device).repeat_interleave(episode.batch_size)
-    cand_view = torch.arange(v, device=anchors.device).repeat_interleave(n_candidates_per_view)
-    overlap = overlap.masked_fill(anchor_view[:, None] == cand_view[None, :], 0.0)
+    cand = soft_class_targets(layout.candidate_classes, episode.n_way, *(candidate_mix or (None, None)))
+    overlap = (anchors @ cand.T).masked_fill(layout.same_view, 0.0)
     return overlap / overlap.sum(dim=1, keepdim=True).clamp_min(1e-12)
 
 
@@ -200,19 +181,13 @@ class AllPairsSolver(Solver):
         self.config = config
 
     def forward(self, embeddings: Embeddings, episode: Episode) -> Logits:
-        if not episode.exclude_self:
-            raise ShapeError("all_pairs needs the all-pairs episode (episode=pairs)")
         with torch.autocast(embeddings.z.device.type, enabled=False):
             z = projections(embeddings, normalize=True)
-            v, b = episode.n_views, episode.batch_size
-            candidates = gather_views(z, v, episode.world_size > 1)  # (V, G, D)
-            g = candidates.shape[1]
-            scores = (z @ candidates.reshape(v * g, -1).T).div_(self.config.temperature)
-            layout = episode.pair_layout or pair_layout(b, v, episode.rank, episode.world_size, z.device)
+            layout = episode.all_pairs()
+            scores = (z @ layout.candidates(z).T).div_(self.config.temperature)  # (V*B, V*G)
             scores = scores.masked_fill(layout.self_mask, torch.finfo(scores.dtype).min)
             if episode.mix_weight is None and layout.positive is not None:  # the other view
                 targets = layout.positive
             else:
-                classes = torch.arange(g, device=z.device).repeat(v)
-                targets = cross_view_targets(episode, classes, _global_mix(episode), g)
+                targets = cross_view_targets(episode, layout, episode.mix_of_all_ranks())
         return Logits(scores=scores, targets=targets)

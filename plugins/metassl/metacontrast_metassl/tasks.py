@@ -14,8 +14,7 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from metacontrast import distributed
-from metacontrast.records import Episode, ShapeError
+from metacontrast.records import Episode
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -31,23 +30,10 @@ class Tasks:
     query_targets: Tensor
 
 
-def gather_views(z: Tensor, n_views: int, spans_ranks: bool) -> Tensor:
-    """Local ``z (V*B, D)`` (view-major) -> ``(V, W*B, D)`` with every rank's images, rank-major
-    within each view; gradients reach each rank's own rows."""
-    zv = z.view(n_views, -1, z.shape[-1])
-    if not spans_ranks:
-        return zv
-    return distributed.gather_with_grad(zv.transpose(0, 1).contiguous()).transpose(0, 1)
-
-
 def split_tasks(z: Tensor, episode: Episode) -> Tasks:
     """Arrange ``z (V*B, D)`` (float32) as the episode's tasks (support/query episodes only)."""
-    m1 = episode.n_support_views
-    if m1 < 1:
-        raise ShapeError("this solver needs support and query views: use episode=n_way_k_shot with "
-                         "support_views >= 1 (the all-pairs episode has no separate query)")
-    d = z.shape[-1]
-    support = gather_views(z, episode.n_views, episode.world_size > 1)[:m1]  # (m1, G, D)
+    support = episode.support_of_all_ranks(z)  # (m1, G, D)
+    m1, d = episode.n_support_views, z.shape[-1]
     n, ways = episode.tasks, episode.ways_per_task
     support = support.reshape(m1, n, ways, d).permute(1, 0, 2, 3).reshape(n, m1 * ways, d)
     eye = torch.eye(ways, device=z.device, dtype=z.dtype)

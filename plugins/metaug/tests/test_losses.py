@@ -22,7 +22,7 @@ def _context(parts: int, dim: int) -> BuildContext:
 def _inputs(z: torch.Tensor, n_views: int, memory: torch.Tensor | None = None) -> LossInputs:
     b = z.shape[0] // n_views
     views = Views(images=tuple(torch.zeros(b, 3, 4, 4) for _ in range(n_views)), index=torch.arange(b))
-    return LossInputs(views=views, episode=Episode.pairs(views), embeddings=Embeddings(h=z, z=z), memory=memory)
+    return LossInputs(views=views, episode=Episode.from_views(views), embeddings=Embeddings(h=z, z=z), memory=memory)
 
 
 def eq10(pos, neg, beta, gamma):
@@ -108,7 +108,7 @@ def test_regularization_uses_original_margins_and_original_augmented_pairs():
     lo, hi = min(min(opos), max(oneg)), max(min(opos), max(oneg))
     literal = (sum(max(d - lo, 0) for d in apos) / len(apos) + sum(max(hi - d, 0) for d in aneg) / len(aneg))
     views = Views(images=(torch.zeros(5, 3, 4, 4),), index=torch.arange(5))
-    got = loss.regularization(Embeddings(h=z, z=z), Episode.pairs(views)).item()
+    got = loss.regularization(Embeddings(h=z, z=z), Episode.from_views(views)).item()
     assert got == pytest.approx(literal, rel=1e-9)
 
 

@@ -52,7 +52,7 @@ def _setup(second_order=True, batchnorm=False, seed=0):
                            second_order=second_order, mag_hidden=4)
     model = Model(TwoPartEncoder(batchnorm), head, {"metaug": MetAugLoss(cfg, ctx)}, {"metaug": 1.0}).double()
     images = torch.randn(5, 2, 3, 3, dtype=torch.float64)
-    step = MetAugTrainStep(FixedViews(images), lambda v: Episode.pairs(v), loss_name="metaug")
+    step = MetAugTrainStep(FixedViews(images), lambda v: Episode.from_views(v), loss_name="metaug")
     batch = Batch(images=torch.zeros(5, 2, 3, 3, dtype=torch.uint8), index=torch.arange(5))
     return model, step, batch, images
 
@@ -81,7 +81,7 @@ def meta_objective(model, images, mag_values):
         for name, value in mag_values.items():
             mags[name].copy_(value)
     views = Views(images=(images,), index=torch.arange(images.shape[0]))
-    episode = Episode.pairs(views)
+    episode = Episode.from_views(views)
     loss = model.losses["metaug"]
 
     def l_metaug():
@@ -135,7 +135,7 @@ def test_encoders_and_heads_get_the_ordinary_gradient_with_mags_fixed():
     model, step, batch, images = _setup(seed=3)
     reference = copy.deepcopy(model)
     views = Views(images=(images,), index=torch.arange(5))
-    terms, _ = reference(views, Episode.pairs(views))
+    terms, _ = reference(views, Episode.from_views(views))
     terms.total.backward()
     _run_step(model, step, batch)
     base, _ = _split(model)
@@ -148,7 +148,7 @@ def test_batchnorm_statistics_move_once_per_step():
     model, step, batch, images = _setup(batchnorm=True, seed=4)
     reference = copy.deepcopy(model)
     views = Views(images=(images,), index=torch.arange(5))
-    reference(views, Episode.pairs(views))
+    reference(views, Episode.from_views(views))
     _run_step(model, step, batch)
     for (name, b), (_, ref) in zip(model.named_buffers(), reference.named_buffers(), strict=True):
         torch.testing.assert_close(b, ref, msg=name)

@@ -51,7 +51,7 @@ def _inputs(b=3, n_views=2, teacher_views=(1,), memory=True):
     views = Views(images=(torch.zeros(b, 3, 8, 8),) * n_views, index=torch.arange(b))
     emb = Embeddings(h=z, z=z, extras={"teacher_z": teacher}, teacher_views=teacher_views)
     queue = torch.randn(7, 5, generator=g) if memory else None
-    return LossInputs(views=views, episode=Episode.pairs(views), embeddings=emb, memory=queue), z, teacher, queue
+    return LossInputs(views=views, episode=Episode.from_views(views), embeddings=emb, memory=queue), z, teacher, queue
 
 
 def test_loss_reads_the_query_view_the_teacher_key_and_the_memory():

@@ -23,32 +23,25 @@ from metacontrast.records import LossInputs, ShapeError
 def nt_xent(z_a: Tensor, z_b: Tensor, temperature: float, *, gather: bool = True) -> Tensor:
     """NT-Xent of the local pairs ``(z_a[i], z_b[i])``; ``z_a, z_b (B, D)``. 0-dim.
 
-    With ``gather`` and a process group, candidates come from every rank (rank-major
-    order: all ranks' ``z_a``, then all ranks' ``z_b``). Computed in float32."""
+    For callers without an episode (tests, other libraries' tensors): the layout is the
+    two-view all-pairs one of this process group (``gather``) or of this rank alone, from
+    ``metacontrast.layout``. Computed in float32."""
     if z_a.shape != z_b.shape or z_a.dim() != 2:
         raise ShapeError(f"nt_xent: z_a and z_b must both be (B, D), got {tuple(z_a.shape)} "
                          f"and {tuple(z_b.shape)}")
-    return nt_xent_of_views(torch.cat([z_a, z_b]), temperature, gather=gather)
-
-
-def nt_xent_of_views(z: Tensor, temperature: float, *, gather: bool = True,
-                     layout: PairLayout | None = None) -> Tensor:
-    """NT-Xent of ``z (2B, D)``, the projections of view 0 of B images then of view 1
-    (an all-pairs episode's rows): row ``i`` and row ``i + B`` are a positive pair. 0-dim,
-    float32. Which columns are an anchor's own and its positive is the episode's
-    ``pair_layout`` (made here when not given, or when it is another world's than the one
-    the candidates are gathered from)."""
-    if z.dim() != 2 or z.shape[0] % 2:
-        raise ShapeError(f"nt_xent: z must be (2B, D), two views of B images, got {tuple(z.shape)}")
-    b = z.shape[0] // 2
-    zn = F.normalize(z.float(), dim=1)
     world = distributed.current() if gather else distributed.WorldInfo()
-    candidates = zn
-    if gather and world.world_size > 1:  # (2n, D): every rank's view 0, then every rank's view 1
-        candidates = torch.cat([distributed.gather_with_grad(zn[:b]), distributed.gather_with_grad(zn[b:])])
-    if layout is None or (layout.rank, layout.world_size) != (world.rank, world.world_size):
-        layout = pair_layout(b, 2, world.rank, world.world_size, z.device)
-    logits = (zn @ candidates.T).div_(temperature)  # (2b, 2n)
+    layout = pair_layout(z_a.shape[0], 2, world.rank, world.world_size, z_a.device)
+    return nt_xent_of_views(torch.cat([z_a, z_b]), temperature, layout)
+
+
+def nt_xent_of_views(z: Tensor, temperature: float, layout: PairLayout) -> Tensor:
+    """NT-Xent of ``z (2B, D)``, the projections of view 0 of B images then of view 1
+    (an all-pairs episode's rows). 0-dim, float32. The candidates, each anchor's own column
+    and its positive are the episode's ``layout`` (``Episode.all_pairs``)."""
+    if z.dim() != 2 or z.shape[0] % 2 or layout.positive is None:
+        raise ShapeError(f"nt_xent: z must be (2B, D), two views of B images, got {tuple(z.shape)}")
+    zn = F.normalize(z.float(), dim=1)
+    logits = (zn @ layout.candidates(zn).T).div_(temperature)  # (2B, 2G)
     logits = logits.masked_fill(layout.self_mask, torch.finfo(logits.dtype).min)
     return F.cross_entropy(logits, layout.positive)
 
@@ -87,4 +80,4 @@ class NTXentLoss(Loss):
                              "with soft targets)")
         emb = inputs.embeddings
         z = emb.z if not emb.online_views else torch.cat([emb.view(0, 2), emb.view(1, 2)])
-        return nt_xent_of_views(z, self.temperature, gather=self.gather, layout=ep.pair_layout)
+        return nt_xent_of_views(z, self.temperature, ep.all_pairs(self.gather))
