@@ -27,7 +27,7 @@ from metacontrast.launches import StepLaunches, count_step
 from metacontrast.records import Batch
 from metacontrast_kornia import ops
 
-PHASES = ("views", "forward", "backward", "guards", "optimizer", "teacher", "memory")
+PHASES = ("views", "forward", "backward", "guards", "optimizer", "after")
 
 
 def measure(args: argparse.Namespace, name: str) -> StepLaunches:
@@ -75,7 +75,7 @@ def main() -> None:
     simclr = counts["simclr"].outside if "simclr" in counts else None
     rows = [row(name, counts[name], simclr) for name in names]
     header = ["method", "step ops", "network fwd+bwd", "outside the network", "views", "forward (rest)",
-              "backward (rest)", "guards", "optimizer", "teacher", "memory", "outside / SimCLR's"]
+              "backward (rest)", "guards", "optimizer", "teacher + memory", "outside / SimCLR's"]
     body = "\n".join([
         "### Device operations per train step, outside the network's own passes",
         "",

@@ -197,8 +197,7 @@ class GraphedStep:
             from metacontrast.trainer import _optimizer_step
 
             _optimizer_step(run, release_grads=False, schedule=False)
-            run.model.update_teacher(run.position.step, run.total_steps)
-            step_fn.on_optimizer_step()
+            step_fn.after_optimizer_step(run.position.step, run.total_steps)
 
         self.forward = self.capture_with.capture(forward)
         self.update = self.capture_with.capture(update)

@@ -297,11 +297,12 @@ class Evaluator:
 
 class TrainStep(Protocol):
     """A method's step: ``step(batch, ctx) -> LossTerms`` (forward only; the trainer runs
-    backward and the optimizer), and ``on_optimizer_step()`` for teachers and memories."""
+    backward and the optimizer), and ``after_optimizer_step(step, total_steps)``, the one
+    owner of what follows the optimizer (the EMA teacher, then the memory write)."""
 
     def __call__(self, batch: Batch, ctx: StepInputs) -> LossTerms: ...
 
-    def on_optimizer_step(self) -> None: ...
+    def after_optimizer_step(self, step: int, total_steps: int) -> None: ...
 
 
 COMPONENT_KINDS: dict[str, type] = {  # kind -> base class

@@ -713,10 +713,8 @@ def update_after_backward(run: Run, step_fn: Any, health: StepHealth,
     def update() -> None:
         with phase("optimizer"):
             _optimizer_step(run)
-        with phase("teacher"):
-            run.model.update_teacher(run.position.step, run.total_steps)
-        with phase("memory"):
-            step_fn.on_optimizer_step()
+        with phase("after"):  # the teacher, then the memory write
+            step_fn.after_optimizer_step(run.position.step, run.total_steps)
 
     return settle_step(run, health, finite, update, phase=phase)
 

@@ -49,4 +49,4 @@ def metacontrast_register_evaluators() -> list[type]:
 @hookimpl(trylast=True)
 def metacontrast_make_train_step(config: Any, components: Any) -> DefaultTrainStep:
     return DefaultTrainStep(components.view_generator, components.episode_builder, components.view_transforms,
-                            memory=components.memory)
+                            memory=components.memory, model=components.model)

@@ -52,7 +52,7 @@ def main(out_dir: Path) -> None:
     before = queue.keys.clone()
     terms = step(Batch(images=images, index=index), StepInputs(generator=g, step=0, model=wrapped))
     terms.total.backward()
-    step.on_optimizer_step()
+    step.after_optimizer_step(0, 1)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save({"before": before, "keys": queue.keys, "ids": queue.ids, "pointer": queue.pointer,
                 "written": written[0][0], "written_ids": written[0][1]}, out_dir / f"rank{world.rank}.pt")

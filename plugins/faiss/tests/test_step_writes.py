@@ -61,7 +61,7 @@ def test_micro_batches_are_all_written_after_the_optimizer_step_and_losses_see_t
     for seed in (1, 2):  # two micro-batches of one optimizer step
         step(_batch(seed), StepInputs(generator=g, step=0, model=model))
     assert all(torch.equal(seen, before) for seen in loss.seen)  # nothing written mid-step
-    step.on_optimizer_step()
+    step.after_optimizer_step(0, 1)
     expected = torch.cat([_keys(model, step, _batch(1)), _keys(model, step, _batch(2))])
     assert torch.allclose(queue.keys[:6], expected, atol=1e-6) and torch.equal(queue.keys[6:], before[6:])
     assert queue.ids[:6].tolist() == [10, 11, 12, 20, 21, 22] and int(queue.pointer) == 6
@@ -72,13 +72,13 @@ def test_keys_of_a_skipped_step_are_dropped():
     g = torch.Generator()
     step(_batch(1), StepInputs(generator=g, step=0, model=model))  # step 0 skipped: no optimizer step
     step(_batch(2), StepInputs(generator=g, step=1, model=model))
-    step.on_optimizer_step()
+    step.after_optimizer_step(0, 1)
     assert queue.ids[:3].tolist() == [20, 21, 22] and int(queue.pointer) == 3
 
 
 def test_nearest_finds_the_keys_written():
     model, queue, step, _ = _setup(size=50)
     step(_batch(3), StepInputs(generator=torch.Generator(), step=0, model=model))
-    step.on_optimizer_step()
+    step.after_optimizer_step(0, 1)
     scores, slots = queue.nearest(queue.keys[:3], 1)
     assert slots.flatten().tolist() == [0, 1, 2] and torch.allclose(scores.flatten(), torch.ones(3), atol=1e-5)

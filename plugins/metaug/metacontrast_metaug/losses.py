@@ -116,9 +116,9 @@ class MetaFeatureAugmenter(nn.Module):
 
 
 class MetAugLoss(OUCLLoss):
-    """``L_MetAug = L_ori + delta * L_aug`` with one MAG per view part (``mags``). Its train
-    step (``metacontrast_metaug.step.MetAugTrainStep``) updates the encoders and heads
-    with this loss and the MAGs with the meta objective."""
+    """``L_MetAug = L_ori + delta * L_aug`` with one MAG per view part (``mags``). Its
+    objective (``metacontrast_metaug.step.MetAugObjective``, in the default step) updates
+    the encoders and heads with this loss and the MAGs with the meta objective."""
 
     NAME = "metaug"
     Config = MetAugLossConfig

@@ -7,10 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 from metacontrast import hookimpl
+from metacontrast.step import DefaultTrainStep
 from metacontrast_metaug.encoders import ChannelSplitEncoder, SplitAlexNet
 from metacontrast_metaug.heads import SplitProjection
 from metacontrast_metaug.losses import MetAugLoss, OUCLLoss
-from metacontrast_metaug.step import MetAugTrainStep
+from metacontrast_metaug.step import MetAugObjective
 
 
 @hookimpl
@@ -29,12 +30,13 @@ def metacontrast_register_losses() -> list[type]:
 
 
 @hookimpl
-def metacontrast_make_train_step(config: Any, components: Any) -> MetAugTrainStep | None:
+def metacontrast_make_train_step(config: Any, components: Any) -> DefaultTrainStep | None:
     """The bi-level step when a ``metaug`` loss is configured (one at most)."""
     names = [n for n, loss in components.model.losses.items() if isinstance(loss, MetAugLoss)]
     if not names:
         return None
     if len(names) > 1:
         raise ValueError(f"loss: one metaug loss per config, got {', '.join(names)}")
-    return MetAugTrainStep(components.view_generator, components.episode_builder, components.view_transforms,
-                           memory=components.memory, loss_name=names[0])
+    return DefaultTrainStep(components.view_generator, components.episode_builder, components.view_transforms,
+                            memory=components.memory, model=components.model,
+                            objective=MetAugObjective(components.model, names[0]))

@@ -23,38 +23,29 @@ and the optimizer apply them unchanged. Both gradients are taken at the same
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor, nn
 
-from metacontrast.interfaces import EpisodeBuilder, Memory, ViewGenerator, ViewTransform
-from metacontrast.records import Batch, LossTerms, StepInputs
-from metacontrast.step import DefaultTrainStep
+from metacontrast.records import Embeddings, Episode, LossTerms, StepInputs, Views
 from metacontrast_metaug.losses import MetAugLoss
 
 CARRIER = "meta_gradients"
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
+class MetAugObjective:
+    """MetAug's two gradients as the default step's objective (its views, episode and
+    memory handling stay the default step's). ``model``: the plain model (the one the
+    trainer wraps; the first forward goes through the wrapped one in ``ctx.model``, so DDP
+    synchronises as usual). ``loss_name``: the configured ``metaug`` loss whose MAGs are
+    meta-trained."""
 
-
-class MetAugTrainStep(DefaultTrainStep):
-    """The default step's views, episode and memory handling, with MetAug's two
-    gradients. ``loss_name``: the configured ``metaug`` loss whose MAGs are meta-trained."""
-
-    def __init__(self, view_generator: ViewGenerator, episode_builder: EpisodeBuilder,
-                 view_transforms: Sequence[ViewTransform] = (), memory: Memory | None = None,
-                 loss_name: str = "metaug") -> None:
-        super().__init__(view_generator, episode_builder, view_transforms, memory)
+    def __init__(self, model: nn.Module, loss_name: str = "metaug") -> None:
+        self.model = model
         self.loss_name = loss_name
 
-    def __call__(self, batch: Batch, ctx: StepInputs) -> LossTerms:
-        views = self.views(batch, ctx)
-        episode = self.episode_builder(views)
-        keys = self.memory.read() if self.memory is not None else None
-        model = _unwrap(ctx.model)
+    def __call__(self, views: Views, episode: Episode, memory: Tensor | None, memory_normalized: bool,
+                 ctx: StepInputs) -> tuple[LossTerms, Embeddings]:
+        model = self.model
         loss = model.losses[self.loss_name]
         assert isinstance(loss, MetAugLoss)
         cfg = loss.config
@@ -64,24 +55,23 @@ class MetAugTrainStep(DefaultTrainStep):
         mags = [(n, p) for n, p in named if id(p) in mag_ids]
 
         with ctx.autocast():
-            terms, embeddings = ctx.model(views, episode, keys)
+            terms, embeddings = ctx.model(views, episode, memory)
         grads = _grads(terms.total, [p for _, p in base], create_graph=cfg.second_order)
 
         fast: dict[str, Tensor] = {n: p - cfg.inner_lr * (g if cfg.second_order else g.detach())
                                    for (n, p), g in zip(base, grads, strict=True)}
         state = {**fast, **dict(mags), **{n: b.clone() for n, b in model.named_buffers()}}
         with ctx.autocast():
-            fast_terms, fast_embeddings = torch.func.functional_call(model, state, (views, episode, keys))
+            fast_terms, fast_embeddings = torch.func.functional_call(model, state, (views, episode, memory))
             meta = fast_terms.total + cfg.alpha * loss.regularization(fast_embeddings, episode)
         meta_grads = _grads(meta, [p for _, p in mags], create_graph=False)
 
         pairs = zip(base + mags, [*grads, *meta_grads], strict=True)
         zero = torch.zeros((), device=terms.total.device)
         carrier = sum(((p * g.detach()).sum() for (_, p), g in pairs), start=zero)
-        self.keep_keys(ctx.step, embeddings, views)
         out = {name: value.detach() for name, value in terms.terms.items()}
         out[CARRIER] = carrier - carrier.detach()
-        return LossTerms(out)
+        return LossTerms(out), embeddings
 
 
 def _grads(value: Tensor, params: list[Tensor], create_graph: bool) -> list[Tensor]:

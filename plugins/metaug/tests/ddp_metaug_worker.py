@@ -31,16 +31,19 @@ def main() -> None:
     batch = Batch(images=run.data.train_images[idx], index=idx)
     generator_state = run.generator.get_state()
     memory_state = copy.deepcopy(run.components.memory.state_dict())
+    model_state = copy.deepcopy(run.model.state_dict())
 
     def one_step(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """One step with ``model`` as the step's (wrapped or not) model, from the same state."""
         run.generator.set_state(generator_state)
         run.components.memory.load_state_dict(memory_state)  # the same memory sample both times
+        run.model.load_state_dict(model_state)  # and the same batch-norm statistics
+        run.model.zero_grad(set_to_none=True)
         terms = step(batch, StepInputs(generator=run.generator, step=0, model=model, autocast=run.autocast))
         terms.total.backward()
-        params = getattr(model, "module", model).named_parameters()
-        return {n: p.grad.detach().clone() for n, p in params if p.grad is not None}
+        return {n: p.grad.detach().clone() for n, p in run.model.named_parameters() if p.grad is not None}
 
-    local = one_step(copy.deepcopy(run.model))
+    local = one_step(run.model)  # no synchronisation: this rank's own gradients
     synced = one_step(run.wrapped)
     torch.save({"local": local, "synced": synced}, out / f"rank{rank}.pt")
 

@@ -13,9 +13,10 @@ from torch import nn
 from metacontrast.interfaces import BuildContext
 from metacontrast.model import Model
 from metacontrast.records import Batch, Episode, LossInputs, StepInputs, Views
+from metacontrast.step import DefaultTrainStep
 from metacontrast_metaug.heads import SplitProjection, SplitProjectionConfig
 from metacontrast_metaug.losses import MetAugLoss, MetAugLossConfig
-from metacontrast_metaug.step import CARRIER, MetAugTrainStep
+from metacontrast_metaug.step import CARRIER, MetAugObjective
 
 
 class TwoPartEncoder(nn.Module):
@@ -52,7 +53,8 @@ def _setup(second_order=True, batchnorm=False, seed=0):
                            second_order=second_order, mag_hidden=4)
     model = Model(TwoPartEncoder(batchnorm), head, {"metaug": MetAugLoss(cfg, ctx)}, {"metaug": 1.0}).double()
     images = torch.randn(5, 2, 3, 3, dtype=torch.float64)
-    step = MetAugTrainStep(FixedViews(images), lambda v: Episode.from_views(v), loss_name="metaug")
+    step = DefaultTrainStep(FixedViews(images), lambda v: Episode.from_views(v), model=model,
+                            objective=MetAugObjective(model, "metaug"))
     batch = Batch(images=torch.zeros(5, 2, 3, 3, dtype=torch.uint8), index=torch.arange(5))
     return model, step, batch, images
 
