@@ -128,27 +128,74 @@ def test_unknown_component_lists_available_names():
     assert "encoder.name" in str(err.value) and "conv4, resnet18, resnet50" in str(err.value)
 
 
-def test_two_plugins_claiming_the_train_step_fail_naming_both():
+class _Monitor:
+    """Every hook call pluggy's relay makes (hook-call monitoring)."""
+
+    def __init__(self, pm: PluginManager) -> None:
+        self.calls: list[tuple[str, list[str]]] = []
+        pm.hooks.add_hookcall_monitoring(
+            lambda name, impls, kwargs: self.calls.append((name, [i.plugin_name for i in impls])),
+            lambda outcome, name, impls, kwargs: None)
+
+
+def test_the_first_plugin_answer_wins_and_the_trylast_builtin_answers_only_alone():
+    """As pluggy documents for ``firstresult``: implementations are asked last registered
+    first; the first non-None answer wins and the rest are not called; the built-in
+    default (``trylast``) is asked after every plugin and answers when none did."""
     from metacontrast import hookimpl
 
-    def claim(config, components):
-        return object()
+    asked: list[str] = []
 
-    a = as_module("claim_a", metacontrast_make_train_step=hookimpl(claim))
-    b = as_module("claim_b", metacontrast_make_train_step=hookimpl(claim))
-    pm = PluginManager(autoload=False, extra=[a, b])
-    with pytest.raises(PluginError, match="claim_a.*claim_b|claim_b.*claim_a"):
-        pm.make_train_step(None, None)
+    def claimant(name: str, answer: object | None):
+        def claim(config, components):
+            asked.append(name)
+            return answer
+        return as_module(name, metacontrast_make_train_step=hookimpl(claim))
+
+    first, second = object(), object()
+    pm = PluginManager(autoload=False, extra=[claimant("claim_a", first), claimant("claim_b", second)])
+    monitor = _Monitor(pm)
+    assert pm.make_train_step(None, None) is second  # claim_b registered last: asked first
+    assert asked == ["claim_b"]  # the first answer ends the call
+    assert monitor.calls[-1][0] == "metacontrast_make_train_step"
+    assert monitor.calls[-1][1][0] == "builtin"  # pluggy lists the trylast built-in first (called last)
+
+    asked.clear()
+    pm = PluginManager(autoload=False, extra=[claimant("claim_a", first), claimant("claim_b", None)])
+    assert pm.make_train_step(None, None) is first and asked == ["claim_b", "claim_a"]
+
+    asked.clear()
+    none = PluginManager(autoload=False, extra=[claimant("claim_none", None)])
+    with pytest.raises(AttributeError):  # the built-in default is asked last: it reads the components
+        none.make_train_step(None, None)
+    assert asked == ["claim_none"]
 
 
-def test_every_hook_is_documented_in_docs_hooks_md():
-    text = (Path(__file__).resolve().parent.parent / "docs" / "hooks.md").read_text()
-    hooks = [n for n in dir(hookspecs) if n.startswith("metacontrast_")]
-    assert len(hooks) >= 12
-    missing = [h for h in hooks if f"## `{h}`" not in text]
-    assert not missing, f"hooks without a section in docs/hooks.md: {missing}"
+def test_a_tryfirst_plugin_is_asked_before_a_later_registered_one():
+    from metacontrast import hookimpl
+
+    first, second = object(), object()
+    early = as_module("early", metacontrast_make_train_step=hookimpl(tryfirst=True)(lambda config, components: first))
+    late = as_module("late", metacontrast_make_train_step=hookimpl(lambda config, components: second))
+    assert PluginManager(autoload=False, extra=[early, late]).make_train_step(None, None) is first
+
+
+def test_setup_hooks_go_through_pluggys_relay_attributed_to_each_plugin():
+    pm = PluginManager(autoload=False)
+    monitor = _Monitor(pm)
+    pm.answers("metacontrast_register_losses")
+    assert [name for name, _ in monitor.calls] == ["metacontrast_register_losses"] * len(pm.infos)
+
+
+def test_docs_hooks_md_is_generated_from_the_hookspecs():
+    from metacontrast import hooks_doc
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "hooks.md").read_text()
+    assert page == hooks_doc.render(), "docs/hooks.md differs from the hookspecs: python -m metacontrast.hooks_doc --write"
+    hooks = hooks_doc.hook_names()
+    assert len(hooks) == len([n for n in dir(hookspecs) if n.startswith("metacontrast_")]) >= 12
     for h in hooks:
-        assert (getattr(hookspecs, h).__doc__ or "").strip(), f"{h} has no docstring"
+        assert f"### `{h}`" in page and (getattr(hookspecs, h).__doc__ or "").strip(), h
 
 
 PLUGIN_PYPROJECT = """

@@ -146,20 +146,29 @@ class PluginManager:
             raise PluginError(f"plugin {_owner(info)} could not be registered: {err}") from None
         self.infos[name] = info
 
+    # -- calling hooks ----------------------------------------------------------------
+
+    def answers(self, hook: str, **kwargs: Any) -> list[tuple[PluginInfo, Any]]:
+        """Every plugin's answer to the collecting hook ``hook``, in registration order,
+        each through that plugin's own pluggy relay (``subset_hook_caller``) so that the
+        answer is attributed to its plugin; plugins answering ``None`` are left out."""
+        registered = {name: self.hooks.get_plugin(name) for name in self.infos}
+        out = []
+        for name in registered:
+            others = [p for n, p in registered.items() if n != name]
+            for answer in self.hooks.subset_hook_caller(hook, remove_plugins=others)(**kwargs):
+                out.append((self.infos[name], answer))
+        return out
+
     # -- components -------------------------------------------------------------------
 
     def _collect_components(self) -> dict[str, dict[str, type]]:
         registry: dict[str, dict[str, type]] = {kind: {} for kind in COMPONENT_KINDS}
         owners: dict[tuple[str, str], PluginInfo] = {}
         for kind, base in COMPONENT_KINDS.items():
-            caller = getattr(self.hooks.hook, REGISTER_HOOKS[kind])
-            for impl in caller.get_hookimpls():  # registration order
-                info = self.infos[impl.plugin_name]
-                classes = impl.function()
-                if classes is None:
-                    continue
+            for info, classes in self.answers(REGISTER_HOOKS[kind]):
                 if not isinstance(classes, list | tuple):
-                    raise PluginError(f"plugin {_owner(info)}: {impl.function.__name__} must return "
+                    raise PluginError(f"plugin {_owner(info)}: {REGISTER_HOOKS[kind]} must return "
                                       f"a list of classes, got {type(classes).__name__}")
                 for cls in classes:
                     if not (inspect.isclass(cls) and issubclass(cls, base)):
@@ -192,22 +201,10 @@ class PluginManager:
         return found
 
     def make_train_step(self, config: Any, components: Any) -> Any:
-        """Ask every plugin for a train step; the built-in default answers last. Two
-        non-default plugins answering for one config is an error naming both."""
-        answers = []
-        for impl in reversed(self.hooks.hook.metacontrast_make_train_step.get_hookimpls()):
-            if impl.plugin_name == BUILTIN_NAME:
-                continue
-            step = impl.function(config=config, components=components)
-            if step is not None:
-                answers.append((impl.plugin_name, step))
-        if len(answers) > 1:
-            names = " and ".join(_owner(self.infos[n]) for n, _ in answers)
-            raise PluginError(f"two plugins provide the train step for this config: {names}")
-        if answers:
-            return answers[0][1]
-        builtin = self.hooks.get_plugin(BUILTIN_NAME)
-        return builtin.metacontrast_make_train_step(config=config, components=components)
+        """The train step for ``config``: the first answer of ``metacontrast_make_train_step``
+        in pluggy's order (the built-in default is ``trylast``: it answers when no plugin
+        does)."""
+        return self.hooks.hook.metacontrast_make_train_step(config=config, components=components)
 
     def allowed_targets(self) -> frozenset[str]:
         """The ``_target_`` allowlist: built-in names plus every plugin's
@@ -215,10 +212,9 @@ class PluginManager:
         from metacontrast.targets import builtin_targets
 
         names = set(builtin_targets())
-        for impl in self.hooks.hook.metacontrast_register_targets.get_hookimpls():
-            for name in impl.function() or []:
+        for info, answer in self.answers("metacontrast_register_targets"):
+            for name in answer:
                 if not isinstance(name, str) or "." not in name or "*" in name:
-                    info = self.infos[impl.plugin_name]
                     raise PluginError(f"plugin {_owner(info)}: register_targets must return exact "
                                       f"dotted names, got {name!r}")
                 names.add(name)
@@ -227,10 +223,9 @@ class PluginManager:
     def config_searchpath(self) -> list[str]:
         """Every plugin's hydra search-path entries, in registration order."""
         entries: list[str] = []
-        for impl in self.hooks.hook.metacontrast_config_searchpath.get_hookimpls():
-            for entry in impl.function() or []:
+        for info, answer in self.answers("metacontrast_config_searchpath"):
+            for entry in answer:
                 if not isinstance(entry, str) or "://" not in entry:
-                    info = self.infos[impl.plugin_name]
                     raise PluginError(f"plugin {_owner(info)}: config search-path entries must be "
                                       f"'pkg://...' or 'file://...' strings, got {entry!r}")
                 entries.append(entry)

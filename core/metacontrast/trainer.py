@@ -313,8 +313,6 @@ def state_payload(run: Run) -> dict[str, Any]:
         payload["scaler"] = run.scaler.state_dict()
     if run.components.memory is not None:
         payload["memory"] = run.components.memory.state_dict()
-    state = StepState(step=run.position.step, epoch=run.position.epoch, terms=None, model=run.model)
-    run.plugins.hooks.hook.metacontrast_on_checkpoint(state=state, payload=payload)
     return payload
 
 
@@ -567,8 +565,6 @@ def _end_epoch(run: Run, logger: MetricsLogger, terms: LossTerms | None) -> None
     pos, t = run.position, run.cfg.trainer
     pos.epoch += 1
     pos.batch = 0
-    run.plugins.hooks.hook.metacontrast_on_epoch_end(
-        state=StepState(step=pos.step, epoch=pos.epoch, terms=terms, model=run.model))
     if int(t.checkpoint_every) == 0:
         save_checkpoint(run)
     every = int(t.eval_every_epochs)
