@@ -206,10 +206,8 @@ class Episode:
     def all_pairs(self, gather: bool = True) -> PairLayout:
         """Where each row's own column, positive and negatives are when every view-sample
         is scored against the view-samples of all ranks (``gather``) or of this rank only
-        (``PairLayout``). Only the all-pairs episode (``episode=pairs``) has one."""
-        if not self.exclude_self:
-            raise ShapeError("this loss or solver scores every view-sample against all others: it needs the "
-                             "all-pairs episode (episode=pairs), not support and query views")
+        (``PairLayout``). It depends only on the views, images and ranks, so a support/query
+        episode has one too (a loss scoring all pairs ignores the split)."""
         if gather and self.pair_layout is not None:
             return self.pair_layout
         world, rank = (self.world_size, self.rank) if gather else (1, 0)

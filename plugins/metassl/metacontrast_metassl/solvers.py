@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from metacontrast.closed_forms import ridge_weights
 from metacontrast.interfaces import BuildContext, Solver
 from metacontrast.layout import PairLayout
-from metacontrast.records import Embeddings, Episode, Logits, soft_class_targets
+from metacontrast.records import Embeddings, Episode, Logits, ShapeError, soft_class_targets
 from metacontrast_metassl.tasks import Tasks, per_task_scores, split_tasks, targets_for_loss
 
 DISTANCES = ("euclidean", "cosine")
@@ -181,6 +181,8 @@ class AllPairsSolver(Solver):
         self.config = config
 
     def forward(self, embeddings: Embeddings, episode: Episode) -> Logits:
+        if not episode.exclude_self:
+            raise ShapeError("all_pairs needs the all-pairs episode (episode=pairs)")
         with torch.autocast(embeddings.z.device.type, enabled=False):
             z = projections(embeddings, normalize=True)
             layout = episode.all_pairs()
