@@ -20,7 +20,7 @@ import torch.nn.functional as F
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from _report import machine, markdown_table, record
 
-from metacontrast.builtin.evaluators import knn_predict
+from metacontrast.classifiers import knn_predict
 from metacontrast.records import Features
 from metacontrast_faiss.index import IndexConfig, NeighbourIndex
 from metacontrast_faiss.knn import FaissKNNConfig, FaissKNNEvaluator

@@ -18,8 +18,9 @@ import torch
 from omegaconf import OmegaConf
 
 from metacontrast.builtin.encoders import Conv4, Conv4Config
-from metacontrast.builtin.evaluators import KNNConfig, KNNEvaluator
-from metacontrast.builtin.linear_probe import LinearProbeConfig, LinearProbeEvaluator
+from metacontrast.builtin.evaluators import KNNEvaluator
+from metacontrast.builtin.linear_probe import LinearProbeEvaluator
+from metacontrast.classifiers import KNNConfig, LinearProbeConfig
 from metacontrast.config import DataConfig
 from metacontrast.data import load_dataset
 from metacontrast.evaluation import extract_features

@@ -3,8 +3,9 @@
 import numpy as np
 import torch
 
-from metacontrast.builtin.evaluators import KNNConfig, KNNEvaluator, knn_predict
-from metacontrast.builtin.linear_probe import LinearProbeConfig, LinearProbeEvaluator
+from metacontrast.builtin.evaluators import KNNEvaluator
+from metacontrast.builtin.linear_probe import LinearProbeEvaluator
+from metacontrast.classifiers import KNNConfig, LinearProbeConfig, knn_predict
 from metacontrast.records import Features
 
 

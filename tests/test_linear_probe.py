@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from metacontrast.builtin.linear_probe import (
+from metacontrast.builtin.linear_probe import LinearProbeEvaluator
+from metacontrast.classifiers import (
     LinearProbeConfig,
-    LinearProbeEvaluator,
     fit_closed_form,
     fit_linear_classifier,
     lr_factor,

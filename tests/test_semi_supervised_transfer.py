@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from metacontrast.builtin.finetune import FineTuneSchedule, fine_tune, predict
-from metacontrast.builtin.linear_probe import LinearProbeConfig, fit_linear_classifier
 from metacontrast.builtin.semi_supervised import (
     SemiSupervisedConfig,
     SemiSupervisedEvaluator,
@@ -24,6 +23,7 @@ from metacontrast.builtin.transfer import (
     adapt_images,
     split_train_validation,
 )
+from metacontrast.classifiers import LinearProbeConfig, fit_linear_classifier
 from metacontrast.data import ImageData
 from metacontrast.evaluation import extract_features
 from metacontrast.records import EvalInputs, Features

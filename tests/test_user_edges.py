@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from metacontrast.builtin.linear_probe import topk_accuracies
+from metacontrast.classifiers import topk_accuracies
 from metacontrast.cli import main
 from metacontrast.config import compose_config
 from metacontrast.evaluation import project_2d

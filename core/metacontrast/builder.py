@@ -131,23 +131,37 @@ def check_component_configs(cfg: DictConfig, plugins: PluginManager) -> None:
     for kind, key, params in sections:
         params = dict(params)
         cls = plugins.get(kind, str(params.pop("name")), key=f"{key}.name")
+        check_view_kind(key, cls, plugins)
         component_config(cls, key, params)
+
+
+def check_view_kind(key: str, cls: type, plugins: PluginManager) -> None:
+    """View generators and view transforms register through one hook: refuse a transform
+    named as the view generator (``views.name``) and a generator listed among the view
+    transforms, naming the mistake before the settings are read."""
+    if key == "views" and issubclass(cls, ViewTransform):
+        generators = sorted(n for n, c in plugins.components["view_generator"].items()
+                            if not issubclass(c, ViewTransform))
+        raise ConfigError(f"views.name: {cls.NAME!r} is a view transform (it changes the views a view "
+                          f"generator made), not a view generator: list it under view_transforms "
+                          f"(view_transforms.{cls.NAME}, or the option of task_aug/aux/mix that ships it) "
+                          f"and choose a view generator for views; generators: {', '.join(generators)}")
+    if key.startswith("view_transforms.") and not issubclass(cls, ViewTransform):
+        raise ConfigError(f"{key}: {cls.NAME!r} is a view generator, not a view transform; use it as "
+                          f"views={cls.NAME} (or views.name={cls.NAME})")
 
 
 def build_components(cfg: DictConfig, plugins: PluginManager, context: BuildContext) -> Components:
     """Build every component the config names, encoder first (its D sizes the head)."""
-    view_generator = build_one(plugins, "view_generator", "views", _node(cfg, "views"), context)
-    if isinstance(view_generator, ViewTransform):
-        raise ConfigError(f"views.name: {view_generator.NAME!r} transforms views; list it under "
-                          f"view_transforms and choose a view generator for views")
+    views = _node(cfg, "views")
+    check_view_kind("views", plugins.get("view_generator", str(views.get("name")), key="views.name"), plugins)
+    view_generator = build_one(plugins, "view_generator", "views", views, context)
     transforms = []
     for name, params in _named_map(cfg, "view_transforms").items():
-        transform = build_one(plugins, "view_generator", f"view_transforms.{name}", {"name": name, **params},
-                              context)
-        if not isinstance(transform, ViewTransform):
-            raise ConfigError(f"view_transforms.{name}: {name!r} is a view generator, not a view "
-                              f"transform; use it as views={name}")
-        transforms.append(transform)
+        check_view_kind(f"view_transforms.{name}", plugins.get("view_generator", name,
+                                                               key=f"view_transforms.{name}"), plugins)
+        transforms.append(build_one(plugins, "view_generator", f"view_transforms.{name}",
+                                    {"name": name, **params}, context))
     transforms.sort(key=lambda t: t.ORDER)
     episode_builder = build_one(plugins, "episode_builder", "episode", _node(cfg, "episode"), context)
     context = context.evolve(plugins=plugins)

@@ -18,7 +18,7 @@ from typing import Any, Optional
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from metacontrast.schema_checks import check_values
 
@@ -315,8 +315,25 @@ def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str
         raise ConfigError(unknown_option_message(message, searchpath) or message) from None
     finally:
         GlobalHydra.instance().clear()
+    _select_listed(cfg, overrides, "eval")
     check_values(cfg)
     return cfg
+
+
+def _select_listed(cfg: DictConfig, overrides: list[str], group: str) -> None:
+    """``group=[a,b]`` on the command line selects exactly ``a`` and ``b``: entries an
+    experiment or method set (``eval.knn.k: 20``) for an evaluator that was not selected
+    are dropped, unless the command line itself sets them (``eval.<name>.<key>=...``)."""
+    chosen = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == group and "=" in o]
+    if not chosen or OmegaConf.select(cfg, group) is None:
+        return
+    selected = {name.strip() for name in chosen[-1].strip("[]").split(",") if name.strip()}
+    named = {o.lstrip("+~").split("=", 1)[0].split(".")[1] for o in overrides
+             if o.lstrip("+~").startswith(f"{group}.") and "." in o.split("=", 1)[0]}
+    node = cfg[group]
+    with open_dict(cfg):
+        for key in [k for k in node if k not in selected and k not in named]:
+            del node[key]
 
 
 def _one_line(err: Exception) -> str:

@@ -243,11 +243,25 @@ def describe(manager: PluginManager) -> str:
         lines.append(f"{info.name}  [{info.distribution}{version}]  ({info.module})")
         if not info.components:
             lines.append("    (no components; hooks only)")
-        for kind, names in info.components.items():
+        for kind, names in _listed_kinds(manager, info).items():
             lines.append(f"    {kind + ':':18} {', '.join(sorted(names))}")
     lines += ["", "config options (what to type: group=option; +group=option for aux, mix, task_aug):"]
     lines += describe_options(manager.config_searchpath())
     return "\n".join(lines)
+
+
+def _listed_kinds(manager: PluginManager, info: PluginInfo) -> dict[str, list[str]]:
+    """A plugin's components by kind, view transforms apart from view generators (both
+    register through ``metacontrast_register_view_generators``)."""
+    from metacontrast.interfaces import ViewTransform
+
+    kinds: dict[str, list[str]] = {}
+    for kind, names in info.components.items():
+        for name in names:
+            cls = manager.components[kind][name]
+            shown = "view_transform" if kind == "view_generator" and issubclass(cls, ViewTransform) else kind
+            kinds.setdefault(shown, []).append(name)
+    return kinds
 
 
 def describe_options(searchpath: list[str]) -> list[str]:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metacontrast.builtin.linear_probe import SCHEDULES, lr_factor
+from metacontrast.classifiers import SCHEDULES, lr_factor
 from metacontrast.evaluation import extract_features
 from metacontrast.imageops import normalize, random_resized_crop_flip
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from metacontrast.builtin.finetune import FineTuneSchedule, fine_tune, predict
-from metacontrast.builtin.linear_probe import topk_accuracies
+from metacontrast.classifiers import topk_accuracies
 from metacontrast.interfaces import BuildContext, Evaluator
 from metacontrast.records import EvalInputs
 

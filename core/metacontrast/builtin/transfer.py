@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from metacontrast.builtin.finetune import FineTuneSchedule, fine_tune, predict
-from metacontrast.builtin.linear_probe import LinearProbeConfig, fit_linear_classifier, topk_accuracies
+from metacontrast.classifiers import LinearProbeConfig, fit_linear_classifier, topk_accuracies
 from metacontrast.config import DataConfig
 from metacontrast.evaluation import extract_features
 from metacontrast.interfaces import BuildContext, Evaluator

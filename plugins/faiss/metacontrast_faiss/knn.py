@@ -6,8 +6,8 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from metacontrast.builtin.evaluators import KNNConfig, KNNEvaluator, knn_votes
-from metacontrast.builtin.linear_probe import topk_accuracies
+from metacontrast.classifiers import KNNConfig, knn_votes, topk_accuracies
+from metacontrast.interfaces import Evaluator
 from metacontrast.records import Features
 from metacontrast_faiss.index import IndexConfig, NeighbourIndex
 
@@ -21,7 +21,7 @@ class FaissKNNConfig(KNNConfig):
     index: IndexConfig = attrs.field(factory=IndexConfig)
 
 
-class FaissKNNEvaluator(KNNEvaluator):
+class FaissKNNEvaluator(Evaluator):
     """Top-1/top-5 of the weighted kNN classifier, neighbours found by faiss:
     ``knn_faiss_top1``, ``knn_faiss_top5`` (the protocol of ``knn``, named apart so both
     can run side by side)."""

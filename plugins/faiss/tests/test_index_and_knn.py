@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metacontrast.builtin.evaluators import KNNConfig, KNNEvaluator
+from metacontrast.builtin.evaluators import KNNEvaluator
+from metacontrast.classifiers import KNNConfig
 from metacontrast.records import Features
 from metacontrast_faiss.index import IndexConfig, NeighbourIndex, nearest, wants_gpu
 from metacontrast_faiss.knn import FaissKNNConfig, FaissKNNEvaluator

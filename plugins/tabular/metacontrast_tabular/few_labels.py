@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metacontrast.builtin.linear_probe import LinearProbeConfig, fit_linear_classifier
+from metacontrast.classifiers import LinearProbeConfig, fit_linear_classifier
 from metacontrast.interfaces import Evaluator
 from metacontrast.records import EvalInputs, Features
 
