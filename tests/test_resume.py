@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from metacontrast import hookimpl, trainer
+from metacontrast import hookimpl, resume, trainer
 from metacontrast.checkpoint import CheckpointError, list_checkpoints, load_safe, save_atomic
 from metacontrast.config import ConfigError, compose_config
 from metacontrast.plugins import PluginManager, as_module
@@ -109,7 +109,7 @@ def test_metaug_resumes_exactly_with_its_meta_step_and_memory_bank_draws(tmp_pat
 def test_negative_control_without_restored_augmentation_rng(tmp_path, monkeypatch):
     trainer.fit(_cfg(tmp_path / "straight"))
     straight = _final_model(tmp_path / "straight")
-    monkeypatch.setattr(trainer, "restore_rng_state", lambda state, generators: None)
+    monkeypatch.setattr(resume, "restore_rng_state", lambda state, generators: None)
     resumed = _interrupted_then_resumed(tmp_path / "resumed", stop=4)
     assert any(not torch.equal(resumed[n], v) for n, v in straight.items())
 

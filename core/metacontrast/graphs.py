@@ -186,7 +186,7 @@ class GraphedStep:
         run.model.zero_grad(set_to_none=True)  # the backward allocates the gradients in the graph
 
         def forward() -> tuple[LossTerms, StepHealth, torch.Tensor]:
-            from metacontrast.trainer import forward_backward
+            from metacontrast.loop import forward_backward
 
             health = StepHealth()
             terms = forward_backward(run, step_fn, static, health)
@@ -194,9 +194,9 @@ class GraphedStep:
             return terms, health, health.finite()
 
         def update() -> None:
-            from metacontrast.trainer import _optimizer_step
+            from metacontrast.loop import optimizer_step
 
-            _optimizer_step(run, release_grads=False, schedule=False)
+            optimizer_step(run, release_grads=False, schedule=False)
             step_fn.after_optimizer_step(run.position.step, run.total_steps)
 
         self.forward = self.capture_with.capture(forward)
@@ -204,7 +204,7 @@ class GraphedStep:
 
     def step(self, batch: Batch) -> tuple[LossTerms, StepHealth, bool]:
         """One optimizer step on ``batch`` by replaying the graphs."""
-        from metacontrast.trainer import settle_step
+        from metacontrast.loop import settle_step
 
         run = self.run
         assert self.images is not None and self.index is not None

@@ -1,0 +1,82 @@
+"""``results.json``: what a finished run reports (metrics, protocols, hardware, timing)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from metacontrast.run_evaluation import eval_train_index
+from metacontrast.run_setup import Run
+
+
+def time_to_target(run: Run) -> dict[str, Any] | None:
+    """``evaluation.target_metric``'s first periodic value at or above the target, or
+    ``reached: false``; ``None`` without a target."""
+    ev = run.cfg.evaluation
+    if not str(ev.target_metric):
+        return None
+    if run.target_reached is None:
+        return {"metric": str(ev.target_metric), "target": float(ev.target_value), "reached": False}
+    return {**run.target_reached, "reached": True}
+
+
+def hardware_description(device: torch.device) -> str:
+    """The accelerator's name, or the CPU model with the threads torch uses."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model or 'CPU'} ({torch.get_num_threads()} threads)"
+
+
+def protocol_settings(evaluator: Any) -> dict[str, Any]:
+    """An evaluator's effective settings (its config with every default filled in)."""
+    config = evaluator.config
+    settings = attrs.asdict(config) if attrs.has(type(config)) else {}
+    return {"name": evaluator.NAME, **settings}
+
+
+def describe_run(run: Run, metrics: dict[str, dict[str, float]], seconds: float) -> dict[str, Any]:
+    """The content of ``results.json``: what ran, where, how long, and every metric with
+    the protocol (evaluator config) that produced it."""
+    from metacontrast import __version__
+
+    cfg = run.cfg
+    return {
+        "method": str(cfg.method_name),
+        "dataset": str(run.data.name),
+        "encoder": str(cfg.encoder.name),
+        "steps": run.position.step,
+        "epochs": run.position.epoch,
+        "global_batch": int(cfg.trainer.batch_size) * run.world.world_size * int(cfg.trainer.accumulate),
+        "seed": int(cfg.trainer.seed),
+        "precision": run.precision,
+        "device": str(run.device),
+        "hardware": hardware_description(run.device),
+        "world_size": run.world.world_size,
+        "torch": torch.__version__,
+        "metacontrast": __version__,
+        # every process that worked on the run, each from its start to its last sign of life
+        "wall_clock_s": round(seconds, 1),
+        "train_images_for_eval": int(eval_train_index(run).shape[0]),
+        "unreadable_files": run.data.unreadable_files,
+        "test_images": int(run.data.test_x.shape[0]),
+        "protocols": {name: protocol_settings(ev) for name, ev in run.components.evaluators.items()},
+        "metrics": metrics,
+        # the best of the periodic evaluations (every trainer.eval_every_epochs) and the final one
+        "best_metrics": run.best_metrics,
+        "eval_every_epochs": int(cfg.trainer.eval_every_epochs),
+        "train_loop_s": round(run.elapsed_s, 2),
+        "time_to_target": time_to_target(run),
+        "evaluation_details": run.eval_details,
+        "compile": None if run.compile_watch is None else run.compile_watch.report().as_dict(),
+        "run_dir": str(run.run_dir),
+    }
