@@ -38,7 +38,7 @@ def test_teacher_embeds_only_its_views_and_the_online_network_skips_them_when_ex
     model = _model(views=(1,), exclusive=True).eval()  # running statistics: rows compare one by one
     emb = model.embed(views)
     assert emb.z.shape[0] == 2 * 4 and emb.online_views == (0, 2)
-    assert emb.extras["teacher_z"].shape[0] == 4 and emb.teacher_views == (1,)
+    assert emb.teacher_z.shape[0] == 4 and emb.teacher_views == (1,)
     with torch.no_grad():
         for v in (0, 2):  # the rows are the online network's outputs for those views
             assert torch.allclose(emb.view(v, 3), model.head(model.encoder(views.images[v])), atol=1e-6)

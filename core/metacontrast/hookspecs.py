@@ -97,8 +97,9 @@ def metacontrast_register_view_generators() -> list[type[ViewGenerator]]:
     config map and applied after the view generator in increasing `ORDER`, in float32. They
     may change images, add `params` (each `(V, B, ...)`), and add auxiliary image batches to
     `Views.extra` (encoded in their own pass; their projections appear in
-    `Embeddings.extras` under the same name). Mixing records `params["mix_weight"]` and
-    `params["mix_partner"]` `(V, B)`, which the episode turns into soft class targets.
+    `Embeddings.extras` under the same name). Mixing sets the typed `Views.mix`
+    (`records.Mixing`: `weight`, `partner` `(V, B)`), which the episode turns into soft class
+    targets; mixing in the encoder's input embedding sets `Views.embedding_mix`.
     `metacontrast-metassl`: `task_rotation` (one angle per image, all its views),
     `naive_rotation` (one per view), `rotation_copies` (`extra["rotation"]` for the rotation
     loss), `unmix` (mixup / CutMix with the reversed batch).
@@ -177,8 +178,8 @@ def metacontrast_register_losses() -> list[type[Loss]]:
     loss), `rotation` (4-way angle prediction on `extras["rotation"]`). `metacontrast-moco`:
     `moco_infonce`. `metacontrast-clsa`: `ddm`.
 
-    A loss that only reads single views through `embeddings.view(v, V)` /
-    `embeddings.teacher_view(v, V)` sets the class attribute `READS_ALL_VIEWS = False`; only
+    A loss that only reads single views through `embeddings.view(v)` /
+    `embeddings.teacher_view(v)` sets the class attribute `READS_ALL_VIEWS = False`; only
     such losses (and no solver) run with `teacher.exclusive`, where the online network skips
     the teacher's views and `h`, `z` hold the other views' rows (`embeddings.online_views`).
 
@@ -186,8 +187,8 @@ def metacontrast_register_losses() -> list[type[Loss]]:
     model: the `teacher:` config section makes `Model.teacher` a frozen copy of encoder and
     head, moved after every optimizer step by the step's `after_optimizer_step` (then the
     memory is written: one owner of both); its projections of the views in `teacher.views`
-    (all by default) are `embeddings.extras["teacher_z"]`, read one view at a time with
-    `embeddings.teacher_view(v, V)`.
+    (all by default) are `embeddings.teacher_z`, read one view at a time with
+    `embeddings.teacher_view(v)`.
     """
 
 

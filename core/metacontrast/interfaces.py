@@ -253,11 +253,11 @@ class Memory(nn.Module):
         parts = []
         for v in config.views:
             if config.source == "teacher_z":
-                parts.append(embeddings.teacher_view(v, n_views))
+                parts.append(embeddings.teacher_view(v))
             elif config.source == "z":
-                parts.append(embeddings.view(v, n_views))
+                parts.append(embeddings.view(v))
             else:
-                parts.append(embeddings.h_view(v, n_views))
+                parts.append(embeddings.h_view(v))
         keys = torch.cat(parts).detach().float()
         if config.normalize:
             keys = torch.nn.functional.normalize(keys, dim=1)

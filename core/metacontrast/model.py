@@ -14,8 +14,6 @@ from torch import Tensor, nn
 from metacontrast import distributed
 from metacontrast.interfaces import Encoder, Head, Loss, Solver
 from metacontrast.records import (
-    EMBED_MIX_PARTNER,
-    EMBED_MIX_WEIGHT,
     Embeddings,
     Episode,
     LossInputs,
@@ -33,7 +31,7 @@ class Model(nn.Module):
     ``V * B`` images at once; views of different sizes are always encoded separately).
     ``channels_last``: images enter the encoder in channels-last memory format.
     ``teacher``: an EMA copy of encoder and head; its projections of the views it embeds
-    (``teacher.views``) are ``Embeddings.extras["teacher_z"]`` (no gradient). Auxiliary images of
+    (``teacher.views``) are ``Embeddings.teacher_z`` (no gradient). Auxiliary images of
     ``Views.extra`` are encoded in their own pass (so they do not change the batch
     statistics the views see); their projections are ``extras[name]``.
     """
@@ -63,13 +61,13 @@ class Model(nn.Module):
 
     def _embedding_mix(self, views: Views, v: int) -> tuple[Tensor, Tensor] | None:
         """View ``v``'s embedding mixup ``(weight (B,), partner (B,))``, if the views carry one."""
-        if EMBED_MIX_WEIGHT not in views.params:
+        if views.embedding_mix is None:
             return None
         if not getattr(self.encoder, "MIXES_EMBEDDINGS", False):
-            raise ShapeError(f"Views: the views mix input embeddings ({EMBED_MIX_WEIGHT}) but encoder "
+            raise ShapeError(f"Views: the views mix input embeddings (embedding_mix) but encoder "
                              f"{type(self.encoder).__name__} cannot; choose an encoder that sets "
                              f"MIXES_EMBEDDINGS or views without embedding mixup")
-        return views.params[EMBED_MIX_WEIGHT][v], views.params[EMBED_MIX_PARTNER][v]
+        return views.embedding_mix.weight[v], views.embedding_mix.partner[v]
 
     def online_views(self, n_views: int) -> tuple[int, ...]:
         """The views the online network embeds: all, or those the teacher does not own
@@ -84,7 +82,7 @@ class Model(nn.Module):
         online = self.online_views(views.n_views)
         images = [views.images[v] for v in online]
         same_size = len({tuple(v.shape[1:]) for v in images}) == 1
-        if EMBED_MIX_WEIGHT in views.params:  # partners are rows of the same view: a pass per view
+        if views.embedding_mix is not None:  # partners are rows of the same view: a pass per view
             mixes = [self._embedding_mix(views, v) for v in online]
             h = torch.cat([self.encode(x, mix) for x, mix in zip(images, mixes, strict=True)])
         elif same_size:
@@ -94,16 +92,18 @@ class Model(nn.Module):
             h = torch.cat([self.encode(v) for v in images])
         extras = {name: self.head(self.encode(images)) for name, images in views.extra.items()}
         teacher_views: tuple[int, ...] = ()
+        teacher_z = None
         if self.teacher is not None:
             teacher_views = self.teacher.views or tuple(range(views.n_views))
             if max(teacher_views) >= views.n_views:
                 raise ShapeError(f"teacher.views: {list(teacher_views)} names a view the view "
                                  f"generator does not make ({views.n_views} views)")
-            extras["teacher_z"] = torch.cat([self._teacher(views.images[v], self._embedding_mix(views, v))
-                                             for v in teacher_views])
+            teacher_z = torch.cat([self._teacher(views.images[v], self._embedding_mix(views, v))
+                                   for v in teacher_views])
         all_views = len(online) == views.n_views
         return Embeddings(h=h, z=self.head(h), extras=extras, teacher_views=teacher_views,
-                          online_views=() if all_views else online)
+                          teacher_z=teacher_z, online_views=() if all_views else online,
+                          n_views=views.n_views)
 
     def _teacher(self, images: Tensor, mix: tuple[Tensor, Tensor] | None = None) -> Tensor:
         assert self.teacher is not None

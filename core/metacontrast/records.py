@@ -26,7 +26,6 @@ class ShapeError(ValueError):
     """A record was built from tensors of inconsistent shapes."""
 
 
-EMBED_MIX_WEIGHT, EMBED_MIX_PARTNER = "embed_mix_weight", "embed_mix_partner"
 
 
 def _check(condition: bool, record: str, message: str) -> None:
@@ -62,6 +61,16 @@ class Batch:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
+class Mixing:
+    """How view-samples were mixed: ``weight (V, B)``, the share of the sample itself (1:
+    unmixed), and ``partner (V, B)``, the local index (within the same view) of the
+    sample mixed in."""
+
+    weight: Tensor
+    partner: Tensor
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class Views:
     """V augmented views of the same B images.
 
@@ -73,21 +82,19 @@ class Views:
     but not part of the episode (e.g. the rotated copies of a rotation-prediction loss);
     their embeddings appear in ``Embeddings.extras`` under the same name.
 
-    Conventional params read by episode builders: ``mix_weight (V, B)``, the share of the
-    image's own class in each view-sample (1 when unmixed), and ``mix_partner (V, B)``,
-    the local index of the image mixed in.
-
-    Read by the model: ``embed_mix_weight (V, B)`` and ``embed_mix_partner (V, B)``,
-    mixup in the encoder's input-embedding space (SAINT's tabular views): view-sample
-    ``(v, b)`` is encoded from ``w * e(x_vb) + (1 - w) * e(x_vp)`` with ``p`` the partner
-    within the same view. The class stays the sample's own; the encoder must set
-    ``MIXES_EMBEDDINGS``.
+    ``mix``: images mixed with other images of the batch (Un-Mix, mixup, CutMix): the
+    episode turns it into soft class targets (``Episode.mix_weight``/``mix_partner``).
+    ``embedding_mix``: mixup in the encoder's input-embedding space (SAINT's tabular
+    views): view-sample ``(v, b)`` is encoded from ``w * e(x_vb) + (1 - w) * e(x_vp)``;
+    the class stays the sample's own, and the encoder must set ``MIXES_EMBEDDINGS``.
     """
 
     images: tuple[Tensor, ...]
     index: Tensor
     params: Mapping[str, Tensor] = dataclasses.field(default_factory=dict)
     extra: Mapping[str, Tensor] = dataclasses.field(default_factory=dict)
+    mix: Mixing | None = None
+    embedding_mix: Mixing | None = None
 
     def __post_init__(self) -> None:
         _check(len(self.images) >= 1, "Views", "needs at least one view")
@@ -101,6 +108,11 @@ class Views:
             _check(p.dim() >= 2 and tuple(p.shape[:2]) == (len(self.images), b), "Views",
                    f"param {name!r} must start with (V={len(self.images)}, B={b}), "
                    f"got {tuple(p.shape)}")
+        for name, mixing in (("mix", self.mix), ("embedding_mix", self.embedding_mix)):
+            for part in () if mixing is None else (mixing.weight, mixing.partner):
+                _check(tuple(part.shape) == (len(self.images), b), "Views",
+                       f"{name} weight and partner must be (V={len(self.images)}, B={b}), got "
+                       f"{tuple(part.shape)}")
         for name, x in self.extra.items():
             _check(x.dim() == dims, "Views", f"extra {name!r} must be (M, C, H, W) images or (M, F) rows "
                                              f"like the views, got {tuple(x.shape)}")
@@ -184,17 +196,17 @@ class Episode:
         else:
             support = query = every
         weight = partner = None
-        if "mix_weight" in views.params:
-            weight = views.params["mix_weight"].reshape(v * b).float()
-            partner = views.params["mix_partner"].reshape(v * b).long() + offset
+        if views.mix is not None:
+            weight = views.mix.weight.reshape(v * b).float()
+            partner = views.mix.partner.reshape(v * b).long() + offset
             if tasks > 1:
                 raise ShapeError("Episode: mixing pairs images across the whole batch; it needs "
                                  "episode.tasks=1")
             # a mixed support view would blur its class's prototype: refuse (one host sync,
             # only for support/query episodes)
-            support_mixed = n_support_views and bool((views.params["mix_weight"][:n_support_views] < 1).any())
+            support_mixed = n_support_views and bool((views.mix.weight[:n_support_views] < 1).any())
             if support_mixed:
-                mixed_views = (views.params["mix_weight"] < 1).any(dim=1).nonzero().flatten().tolist()
+                mixed_views = (views.mix.weight < 1).any(dim=1).nonzero().flatten().tolist()
                 raise ShapeError(f"Episode: mixed view(s) {mixed_views} fall in the support (the first "
                                  f"{n_support_views} views); mix a query view")
         pairs = None if n_support_views else pair_layout(b, v, rank, world_size, device)
@@ -268,14 +280,16 @@ def soft_class_targets(classes: Tensor, n_classes: int, weight: Tensor | None = 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Embeddings:
-    """Encoder and head outputs for all V*B view-samples (view-major order).
+    """Encoder and head outputs for the V*B view-samples of ``n_views`` views (view-major).
 
     ``h (V*B, D_h)``: representation. ``z (V*B, D_z)``: projection used by the losses.
-    ``extras``: further named outputs (predictor outputs, rotation logits, ...).
-    ``teacher_views``: the views the EMA teacher embedded, in the order of the rows of
-    ``extras["teacher_z"] (len(teacher_views) * B, D_z)``; empty without a teacher.
+    ``teacher_z (len(teacher_views) * B, D_z)``: the EMA teacher's projections of the views
+    ``teacher_views``, in that order (``None`` without a teacher; no gradient).
+    ``extras``: further named outputs (the projections of ``Views.extra``'s batches).
     ``online_views``: the views whose rows ``h`` and ``z`` hold, in order, when the online
-    network skipped some (``teacher.exclusive``); empty: every view.
+    network skipped some (``teacher.exclusive``); empty: every view. ``n_views``: V, so
+    that ``view(v)`` finds a view's rows (0 only for embeddings made by hand; then pass
+    ``n_views`` to ``view``).
     """
 
     h: Tensor
@@ -283,15 +297,27 @@ class Embeddings:
     extras: Mapping[str, Tensor] = dataclasses.field(default_factory=dict)
     teacher_views: tuple[int, ...] = ()
     online_views: tuple[int, ...] = ()
+    teacher_z: Tensor | None = None
+    n_views: int = 0
 
     def __post_init__(self) -> None:
         _check(self.h.dim() == 2 and self.z.dim() == 2, "Embeddings",
                f"h and z must be 2-D, got {tuple(self.h.shape)} and {tuple(self.z.shape)}")
         _check(self.h.shape[0] == self.z.shape[0], "Embeddings",
                f"h and z disagree on V*B: {self.h.shape[0]} vs {self.z.shape[0]}")
+        _check((self.teacher_z is None) == (not self.teacher_views), "Embeddings",
+               "teacher_z and teacher_views go together (both or neither)")
+        if self.teacher_z is not None:
+            _check(self.teacher_z.dim() == 2 and self.teacher_z.shape[0] % len(self.teacher_views) == 0,
+                   "Embeddings", f"teacher_z must be ({len(self.teacher_views)} * B, D_z), got "
+                                 f"{tuple(self.teacher_z.shape)}")
 
-    def _rows(self, v: int, n_views: int) -> slice:
-        views = self.online_views or tuple(range(n_views))
+    def _rows(self, v: int, n_views: int | None) -> slice:
+        n = n_views or self.n_views
+        if n < 1:
+            raise ShapeError("Embeddings: the number of views is unknown (embeddings made by hand): "
+                             "pass n_views")
+        views = self.online_views or tuple(range(n))
         if v not in views:
             raise ShapeError(f"Embeddings: view {v} asked for, but the online network embeds views "
                              f"{list(views)} (teacher.exclusive skips the teacher's views)")
@@ -299,25 +325,25 @@ class Embeddings:
         row = views.index(v)
         return slice(row * b, (row + 1) * b)
 
-    def view(self, v: int, n_views: int) -> Tensor:
+    def view(self, v: int, n_views: int | None = None) -> Tensor:
         """The projections ``z`` of view ``v``: ``(B, D_z)``."""
         return self.z[self._rows(v, n_views)]
 
-    def h_view(self, v: int, n_views: int) -> Tensor:
+    def h_view(self, v: int, n_views: int | None = None) -> Tensor:
         """The representations ``h`` of view ``v``: ``(B, D_h)``."""
         return self.h[self._rows(v, n_views)]
 
-    def teacher_view(self, v: int, n_views: int) -> Tensor:
+    def teacher_view(self, v: int, n_views: int | None = None) -> Tensor:
         """The teacher's projections of view ``v``: ``(B, D_z)``, no gradient. Raises
         ``ShapeError`` naming ``teacher.views`` when the teacher did not embed view ``v``."""
-        if v not in self.teacher_views:
-            what = "no teacher is configured" if not self.teacher_views else \
+        if self.teacher_z is None or v not in self.teacher_views:
+            what = "no teacher is configured" if self.teacher_z is None else \
                 f"the teacher embeds views {list(self.teacher_views)}"
             raise ShapeError(f"Embeddings: teacher projections of view {v} asked for, but {what}; "
                              f"set teacher.views to include {v}")
-        b = self.extras["teacher_z"].shape[0] // len(self.teacher_views)
+        b = self.teacher_z.shape[0] // len(self.teacher_views)
         row = self.teacher_views.index(v)
-        return self.extras["teacher_z"][row * b:(row + 1) * b]
+        return self.teacher_z[row * b:(row + 1) * b]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -43,7 +43,7 @@ def two_view_rows(inputs: LossInputs, loss: str, *, normalize: bool, gather: boo
         raise ShapeError(f"{loss} needs exactly 2 views per image, the episode has {ep.n_views}")
     if ep.mix_weight is not None:
         raise ShapeError(f"{loss} has hard positives only; it cannot score mixed views (mix=...)")
-    za, zb = inputs.embeddings.view(0, 2).float(), inputs.embeddings.view(1, 2).float()
+    za, zb = inputs.embeddings.view(0).float(), inputs.embeddings.view(1).float()
     if normalize:
         za, zb = torch.nn.functional.normalize(za, dim=1), torch.nn.functional.normalize(zb, dim=1)
     layout = ep.all_pairs(gather)

@@ -14,7 +14,7 @@ def _inputs(z_a, z_b):
     b = z_a.shape[0]
     views = Views(images=(torch.zeros(b, 1, 4, 4),) * 2, index=torch.arange(b))
     z = torch.cat([z_a, z_b])
-    return LossInputs(views=views, episode=Episode.from_views(views), embeddings=Embeddings(h=z, z=z))
+    return LossInputs(views=views, episode=Episode.from_views(views), embeddings=Embeddings(h=z, z=z, n_views=views.n_views))
 
 
 def _unit(v):
@@ -122,6 +122,6 @@ def test_errors_name_what_is_wrong():
     b = 3
     views = Views(images=(torch.zeros(b, 1, 4, 4),) * 3, index=torch.arange(b))
     z = torch.randn(3 * b, 4)
-    three = LossInputs(views=views, episode=Episode.from_views(views), embeddings=Embeddings(h=z, z=z))
+    three = LossInputs(views=views, episode=Episode.from_views(views), embeddings=Embeddings(h=z, z=z, n_views=views.n_views))
     with pytest.raises(ShapeError, match="triplet needs exactly 2 views"):
         TripletLoss(TripletConfig(), None)(three)

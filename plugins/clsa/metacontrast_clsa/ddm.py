@@ -88,6 +88,6 @@ class DDMLoss(Loss):
         if max([c.weak_view, c.key_view, *strong]) >= n_views:
             raise ShapeError(f"ddm: views {[c.weak_view, c.key_view, *strong]} asked for, but the view "
                              f"generator makes {n_views} views")
-        return ddm_loss(emb.view(c.weak_view, n_views), [emb.view(v, n_views) for v in strong],
-                        emb.teacher_view(c.key_view, n_views), inputs.memory, c.temperature,
+        return ddm_loss(emb.view(c.weak_view), [emb.view(v) for v in strong],
+                        emb.teacher_view(c.key_view), inputs.memory, c.temperature,
                         memory_normalized=inputs.memory_normalized)

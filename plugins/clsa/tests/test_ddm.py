@@ -85,7 +85,7 @@ def _inputs(n_views=4, teacher_views=(1,), memory=True):
     z = torch.randn(n_views * b, 6, generator=g)
     teacher = torch.randn(len(teacher_views) * b, 6, generator=g)
     views = Views(images=(torch.zeros(b, 3, 8, 8),) * n_views, index=torch.arange(b))
-    emb = Embeddings(h=z, z=z, extras={"teacher_z": teacher}, teacher_views=teacher_views)
+    emb = Embeddings(h=z, z=z, teacher_z=teacher, teacher_views=teacher_views, n_views=n_views)
     queue = torch.randn(8, 6, generator=g) if memory else None
     return LossInputs(views=views, episode=Episode.from_views(views), embeddings=emb, memory=queue), z, teacher, queue
 

@@ -155,7 +155,7 @@ def test_keys_of_picks_the_configured_rows():
     z = torch.randn(n_views * b, 4)
     h = torch.randn(n_views * b, 6)
     teacher = torch.randn(2 * b, 4)
-    emb = Embeddings(h=h, z=z, extras={"teacher_z": teacher}, teacher_views=(2, 1))
+    emb = Embeddings(h=h, z=z, teacher_z=teacher, teacher_views=(2, 1), n_views=n_views)
     views = Views(images=(torch.zeros(b, 3, 8, 8),) * n_views, index=torch.tensor([5, 6, 7]))
     queue = KeyQueue(QueueConfig(size=4, views=[1]), CTX)
     keys, ids = queue.keys_of(emb, views)

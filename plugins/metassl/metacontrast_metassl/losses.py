@@ -64,13 +64,13 @@ class BYOLLoss(Loss):
 
     def forward(self, inputs: LossInputs) -> Tensor:
         emb, ep = inputs.embeddings, inputs.episode
-        if "teacher_z" not in emb.extras:
+        if emb.teacher_z is None:
             raise ShapeError("byol needs the EMA teacher's projections: set teacher (method=byol does)")
         if emb.teacher_views != tuple(range(inputs.views.n_views)):
             raise ShapeError(f"byol regresses the teacher's projections of every view; the teacher embeds "
                              f"views {list(emb.teacher_views)}: set teacher.views=null")
         p = F.normalize(self.predictor(emb.z).float(), dim=-1)
-        t = F.normalize(emb.extras["teacher_z"].float(), dim=-1)
+        t = F.normalize(emb.teacher_z.float(), dim=-1)
         local = ep.local()  # the teacher's rows are this rank's: targets never leave it
         weights = cross_view_targets(local, local.all_pairs(), local.mix_of_all_ranks())  # (V*B, V*B)
         return (weights * (2 - 2 * p @ t.T)).sum() / ep.batch_size

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from metacontrast.interfaces import BuildContext, ViewTransform
-from metacontrast.records import ShapeError, Views
+from metacontrast.records import Mixing, ShapeError, Views
 
 
 def rotate(images: Tensor, quarter_turns: Tensor) -> Tensor:
@@ -122,9 +122,9 @@ class UnMixConfig:
 class UnMix(ViewTransform):
     """Un-Mix (Shen et al., 2020) as used by the meta-learning paper: one view of each
     image ``b`` is mixed with the same view of image ``B - 1 - b`` (the batch in reverse
-    order), by mixup or CutMix with one weight per batch. ``params["mix_weight"] (V, B)``
+    order), by mixup or CutMix with one weight per batch. ``Views.mix``: ``weight (V, B)``
     is the image's own share (lambda for the mixed view, 1 elsewhere) and
-    ``params["mix_partner"] (V, B)`` the local index of the image mixed in."""
+    ``partner (V, B)`` the local index of the image mixed in."""
 
     NAME = "unmix"
     Config = UnMixConfig
@@ -151,8 +151,7 @@ class UnMix(ViewTransform):
         partner = torch.arange(b, device=x.device).repeat(v, 1)
         partner[target] = reverse
         images = tuple(mixed if i == target else img for i, img in enumerate(views.images))
-        params = {**views.params, "mix_weight": weight, "mix_partner": partner}
-        return views.evolve(images=images, params=params)
+        return views.evolve(images=images, mix=Mixing(weight=weight, partner=partner))
 
 
 def cutmix_images(x: Tensor, other: Tensor, lam: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:

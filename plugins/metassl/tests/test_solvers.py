@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from metacontrast.interfaces import BuildContext
-from metacontrast.records import Embeddings, Episode, Views
+from metacontrast.records import Embeddings, Episode, Mixing, Views
 from metacontrast_metassl.losses import QueryCELoss, soft_cross_entropy
 from metacontrast_metassl.solvers import (
     AllPairsConfig,
@@ -166,7 +166,7 @@ def test_all_pairs_targets_with_a_mixed_view_share_mass_by_lambda():
     partner = torch.arange(b).repeat(2, 1)
     partner[1] = torch.arange(b - 1, -1, -1)
     views = Views(images=(torch.zeros(b, 1, 2, 2),) * 2, index=torch.arange(b),
-                  params={"mix_weight": weight, "mix_partner": partner})
+                  mix=Mixing(weight=weight, partner=partner))
     ep = Episode.from_views(views)
     z = _z(2, b)
     t = AllPairsSolver(AllPairsConfig(), CTX)(Embeddings(h=z, z=z), ep).targets

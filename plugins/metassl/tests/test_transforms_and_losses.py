@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from metacontrast.interfaces import BuildContext
-from metacontrast.records import Embeddings, Episode, LossInputs, Views
+from metacontrast.records import Embeddings, Episode, LossInputs, Mixing, Views
 from metacontrast.teacher import EMATeacher
 from metacontrast_metassl.losses import BYOLConfig, BYOLLoss, RotationLoss
 from metacontrast_metassl.transforms import (
@@ -83,9 +83,9 @@ def _unmix(cutmix_p: float, seed: int):
 
 def test_mixup_mixes_the_last_view_with_the_reversed_batch():
     views, out = _unmix(0.0, 4)
-    lam = float(out.params["mix_weight"][1, 0])
-    assert 0 < lam < 1 and (out.params["mix_weight"][0] == 1).all()
-    assert out.params["mix_partner"][1].tolist() == list(range(7, -1, -1))
+    lam = float(out.mix.weight[1, 0])
+    assert 0 < lam < 1 and (out.mix.weight[0] == 1).all()
+    assert out.mix.partner[1].tolist() == list(range(7, -1, -1))
     assert torch.equal(out.images[0], views.images[0])
     for b in range(8):
         torch.testing.assert_close(out.images[1][b], lam * views.images[1][b] + (1 - lam) * views.images[1][7 - b])
@@ -93,7 +93,7 @@ def test_mixup_mixes_the_last_view_with_the_reversed_batch():
 
 def test_cutmix_pastes_a_box_whose_area_is_the_partner_share():
     views, out = _unmix(1.0, 5)
-    lam = float(out.params["mix_weight"][1, 0])
+    lam = float(out.mix.weight[1, 0])
     for b in range(8):
         from_partner = (out.images[1][b] == views.images[1][7 - b]).all(0) & (out.images[1][b] != views.images[1][b]).any(0)
         assert abs(from_partner.float().mean().item() - (1 - lam)) < 1e-6
@@ -105,8 +105,8 @@ def test_cutmix_pastes_a_box_whose_area_is_the_partner_share():
 def test_mixing_needs_a_query_view_and_a_single_task():
     _, out = _unmix(0.0, 6)
     with pytest.raises(ValueError, match="mixed view"):
-        Episode.from_views(out.evolve(params={"mix_weight": out.params["mix_weight"].flip(0),
-                                              "mix_partner": out.params["mix_partner"].flip(0)}), 1)
+        Episode.from_views(out.evolve(mix=Mixing(weight=out.mix.weight.flip(0),
+                                                       partner=out.mix.partner.flip(0))), 1)
     with pytest.raises(ValueError, match="tasks=1"):
         Episode.from_views(out, 1, tasks=2)
 
@@ -117,7 +117,7 @@ def test_byol_loss_is_the_symmetrised_regression_of_the_paper():
     loss = BYOLLoss(BYOLConfig(predictor_hidden=8), CTX).eval()
     z, t = torch.randn(2 * b, 4), torch.randn(2 * b, 4)
     ep = Episode.from_views(_views(b=b))
-    got = loss(LossInputs(views=_views(b=b), episode=ep, embeddings=Embeddings(h=z, z=z, extras={"teacher_z": t}, teacher_views=(0, 1))))
+    got = loss(LossInputs(views=_views(b=b), episode=ep, embeddings=Embeddings(h=z, z=z, teacher_z=t, teacher_views=(0, 1))))
     p = loss.predictor(z)
     want = sum(2 - 2 * F.cosine_similarity(p[i], t[b + i], dim=0) + 2 - 2 * F.cosine_similarity(p[b + i], t[i], dim=0)
                for i in range(b)) / b

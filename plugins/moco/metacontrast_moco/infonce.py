@@ -64,6 +64,6 @@ class QueueInfoNCELoss(Loss):
             raise ShapeError(f"moco_infonce: query_view={c.query_view}, key_view={c.key_view}, but the view "
                              f"generator makes {n_views} views")
         pairs = [(c.query_view, c.key_view)] + ([(c.key_view, c.query_view)] if c.symmetric else [])
-        losses = [queue_infonce(emb.view(q, n_views), emb.teacher_view(k, n_views), inputs.memory,
+        losses = [queue_infonce(emb.view(q), emb.teacher_view(k), inputs.memory,
                                 c.temperature, memory_normalized=inputs.memory_normalized) for q, k in pairs]
         return sum(losses[1:], losses[0]) / len(losses)

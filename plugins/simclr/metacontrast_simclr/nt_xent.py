@@ -79,5 +79,5 @@ class NTXentLoss(Loss):
                              "SimCLR with mixing use solver=all_pairs loss=[query_ce] (the same loss, "
                              "with soft targets)")
         emb = inputs.embeddings
-        z = emb.z if not emb.online_views else torch.cat([emb.view(0, 2), emb.view(1, 2)])
+        z = emb.z if not emb.online_views else torch.cat([emb.view(0), emb.view(1)])
         return nt_xent_of_views(z, self.temperature, ep.all_pairs(self.gather))

@@ -61,7 +61,7 @@ def test_loss_component_reads_views_from_episode():
     b = 6
     z = torch.randn(2 * b, 8, generator=g)
     views = Views(images=(torch.zeros(b, 1, 4, 4),) * 2, index=torch.arange(b))
-    inputs = LossInputs(views=views, episode=Episode.from_views(views), embeddings=Embeddings(h=z, z=z))
+    inputs = LossInputs(views=views, episode=Episode.from_views(views), embeddings=Embeddings(h=z, z=z, n_views=2))
     loss = NTXentLoss(NTXentConfig(temperature=0.2), None)(inputs)
     assert loss.item() == pytest.approx(nt_xent_reference(z[:b].double(), z[b:].double(), 0.2), rel=1e-4)
     three = Views(images=(torch.zeros(b, 1, 4, 4),) * 3, index=torch.arange(b))

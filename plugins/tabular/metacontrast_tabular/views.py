@@ -4,7 +4,7 @@ A noisy view of row ``x_b`` takes ``round(cutmix_fraction * F)`` of its entries,
 uniformly, from another row ``x_p`` of the batch (CutMix); its embedding is then mixed
 with the embedding of a further row ``x_q`` of the same view:
 ``w * e(x'_b) + (1 - w) * e(x'_q)`` (mixup, applied by the encoder from the view's
-``embed_mix_*`` params). SAINT draws each entry's replacement independently; here every
+``Views.embedding_mix``). SAINT draws each entry's replacement independently; here every
 noisy row loses exactly the chosen fraction, so all views are corrupted alike.
 """
 
@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from metacontrast.interfaces import BuildContext, ViewGenerator
-from metacontrast.records import EMBED_MIX_PARTNER, EMBED_MIX_WEIGHT, Batch, Views
+from metacontrast.records import Batch, Mixing, Views
 
 
 @attrs.define
@@ -57,8 +57,8 @@ def cutmix_mask(b: int, f: int, k: int, generator: torch.Generator, device: torc
 
 class TabularViews(ViewGenerator):
     """Rows ``(B, F)`` -> V views ``(B, F)``; params ``cutmix_mask (V, B, F)``,
-    ``cutmix_partner (V, B)``, and, unless ``mixup_weight`` is 1, ``embed_mix_weight
-    (V, B)`` / ``embed_mix_partner (V, B)`` (clean views: weight 1, partner itself)."""
+    ``cutmix_partner (V, B)``, and, unless ``mixup_weight`` is 1, ``Views.embedding_mix``
+    (``weight``/``partner (V, B)``; clean views: weight 1, partner itself)."""
 
     NAME = "tabular"
     Config = TabularViewsConfig
@@ -92,7 +92,7 @@ class TabularViews(ViewGenerator):
             mix_partners.append(other_rows(b, generator, device))
             weights.append(torch.full((b,), c.mixup_weight, device=device))
         params = {"cutmix_mask": torch.stack(masks), "cutmix_partner": torch.stack(cut_partners)}
+        mixing = None
         if c.mixup_weight < 1.0:
-            params[EMBED_MIX_WEIGHT] = torch.stack(weights)
-            params[EMBED_MIX_PARTNER] = torch.stack(mix_partners)
-        return Views(images=tuple(views), index=batch.index, params=params)
+            mixing = Mixing(weight=torch.stack(weights), partner=torch.stack(mix_partners))
+        return Views(images=tuple(views), index=batch.index, params=params, embedding_mix=mixing)

@@ -8,7 +8,7 @@ import torch
 from metacontrast.data.tables import CATEGORICAL, NUMERICAL, Column, TableSchema
 from metacontrast.interfaces import BuildContext
 from metacontrast.model import Model
-from metacontrast.records import EMBED_MIX_PARTNER, EMBED_MIX_WEIGHT, Batch, ShapeError
+from metacontrast.records import Batch, ShapeError
 from metacontrast_tabular.encoders import (
     ColumnEmbedding,
     TabularMLP,
@@ -61,15 +61,15 @@ def test_views_are_reproducible_from_the_generator_and_differ_between_draws():
     c = gen(batch, torch.Generator().manual_seed(6))
     assert torch.equal(a.params["cutmix_mask"], b.params["cutmix_mask"])
     assert not torch.equal(a.params["cutmix_mask"], c.params["cutmix_mask"])
-    weight = a.params[EMBED_MIX_WEIGHT]
+    weight = a.embedding_mix.weight
     assert torch.equal(weight[0], torch.ones(12)) and torch.allclose(weight[1], torch.full((12,), 0.7))
-    assert torch.equal(a.params[EMBED_MIX_PARTNER][0], torch.arange(12))
+    assert torch.equal(a.embedding_mix.partner[0], torch.arange(12))
 
 
 def test_no_embedding_mixup_params_when_mixup_is_off():
     views = TabularViews(TabularViewsConfig(mixup_weight=1.0), _context())(
         Batch(images=_rows(), index=torch.arange(12)), torch.Generator().manual_seed(0))
-    assert EMBED_MIX_WEIGHT not in views.params
+    assert views.embedding_mix is None
 
 
 @pytest.mark.parametrize("bad", [{"n_views": 1}, {"clean_views": 2}, {"cutmix_fraction": 1.5},
