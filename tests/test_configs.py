@@ -191,6 +191,8 @@ def test_config_composes_and_runs_two_steps(group, option, tmp_path, monkeypatch
     if group in ADDED_GROUPS:
         extra = [f"+{group}={option}"]
     extra += NEEDS.get((group, option), [])
+    if group == "teacher":  # a method with a teacher, its teacher swapped
+        extra = ["method=moco_v2", f"teacher={option}"]
     table = (group, option) in TABLE_OPTIONS or (group == "data" and option.startswith("tabular/"))
     if group == "data" and not table:
         extra += _data_overrides(option, tmp_path)

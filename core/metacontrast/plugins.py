@@ -245,7 +245,8 @@ def describe(manager: PluginManager) -> str:
             lines.append("    (no components; hooks only)")
         for kind, names in _listed_kinds(manager, info).items():
             lines.append(f"    {kind + ':':18} {', '.join(sorted(names))}")
-    lines += ["", "config options (what to type: group=option; +group=option for aux, mix, task_aug):"]
+    lines += ["", "config options (what to type: group=option; +group=option for aux, mix, task_aug and a "
+                  "teacher where the method has none):"]
     lines += describe_options(manager.config_searchpath())
     return "\n".join(lines)
 

@@ -450,10 +450,6 @@ class EvalInputs:
             self._frozen = (train, test)
         return self._frozen
 
-    @property
-    def has_frozen(self) -> bool:
-        return self._frozen is not None
-
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class StepState:

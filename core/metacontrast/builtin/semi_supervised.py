@@ -21,7 +21,7 @@ from torch import Tensor
 
 from metacontrast.builtin.finetune import FineTuneSchedule, fine_tune, predict
 from metacontrast.classifiers import topk_accuracies
-from metacontrast.interfaces import BuildContext, Evaluator
+from metacontrast.interfaces import Evaluator
 from metacontrast.records import EvalInputs
 
 
@@ -106,9 +106,6 @@ class SemiSupervisedEvaluator(Evaluator):
     MODALITIES = ("image",)
     NEEDS_ENCODER = True
     PERIODIC = False
-
-    def __init__(self, config: SemiSupervisedConfig, context: BuildContext | None) -> None:
-        super().__init__(config, context)
 
     def run(self, inputs: EvalInputs) -> dict[str, float]:
         c: SemiSupervisedConfig = self.config

@@ -118,7 +118,7 @@ class LinearTaskSolver(Solver):
     (``fit``) and score queries ``alpha q W + beta`` with R2-D2's learnable scale alpha and
     bias beta. ``config`` needs ``scale_init``, ``learn_scale`` and ``normalize``."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, context: BuildContext | None = None) -> None:
         super().__init__()
         self.config = config
         self.scale = nn.Parameter(torch.tensor(float(config.scale_init)), requires_grad=config.learn_scale)
@@ -139,9 +139,6 @@ class LinearTaskSolver(Solver):
 class RidgeSolver(LinearTaskSolver):
     NAME = "ridge"
     Config = RidgeConfig
-
-    def __init__(self, config: RidgeConfig, context: BuildContext) -> None:
-        super().__init__(config)
 
     def fit(self, support: Tensor, targets: Tensor) -> Tensor:
         return ridge_weights(support, targets, self.config.lam, self.config.space)

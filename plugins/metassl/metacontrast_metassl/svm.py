@@ -18,7 +18,6 @@ import attrs
 import torch
 from torch import Tensor
 
-from metacontrast.interfaces import BuildContext
 from metacontrast_metassl.solvers import LinearTaskSolver
 
 
@@ -75,9 +74,6 @@ class SVMConfig:
 class SVMSolver(LinearTaskSolver):
     NAME = "svm"
     Config = SVMConfig
-
-    def __init__(self, config: SVMConfig, context: BuildContext) -> None:
-        super().__init__(config)
 
     def fit(self, support: Tensor, targets: Tensor) -> Tensor:
         """``w_k = sum_s alpha_s^k x_s`` from the dual solution."""
