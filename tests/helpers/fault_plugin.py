@@ -26,7 +26,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from metacontrast import distributed, hookimpl, trainer
+from metacontrast import distributed, hookimpl, resume
 from metacontrast.step import DefaultTrainStep
 
 
@@ -55,7 +55,8 @@ def metacontrast_on_step_end(state: Any) -> None:
 
 class RecordingStep(DefaultTrainStep):
     def __init__(self, inner: DefaultTrainStep, out: Path) -> None:
-        super().__init__(inner.view_generator, inner.episode_builder, inner.view_transforms)
+        super().__init__(inner.view_generator, inner.episode_builder, inner.view_transforms,
+                         memory=inner.memory, model=inner.model)
         self.out = out
 
     def __call__(self, batch: Any, ctx: Any) -> Any:
@@ -75,12 +76,13 @@ def metacontrast_make_train_step(config: Any, components: Any) -> Any:
     if not out:
         return None
     Path(out).mkdir(parents=True, exist_ok=True)
-    inner = DefaultTrainStep(components.view_generator, components.episode_builder, components.view_transforms)
+    inner = DefaultTrainStep(components.view_generator, components.episode_builder, components.view_transforms,
+                             memory=components.memory, model=components.model)
     return RecordingStep(inner, Path(out))
 
 
 if os.environ.get("FAULT_NO_RESTORE") == "rng":
-    trainer.restore_rng_state = lambda state, generators: None
+    resume.restore_rng_state = lambda state, generators: None
 if os.environ.get("FAULT_NO_RESTORE") == "optimizer":
     import torch
 
