@@ -107,7 +107,7 @@ def test_skip_policy_skips_counts_and_saves(tmp_path):
 
 def test_skipped_step_leaves_the_weights_untouched(tmp_path):
     from metacontrast.metrics import MetricsLogger
-    from metacontrast.trainer import setup, train_steps
+    from metacontrast.trainer import train_steps
 
     cfg = compose_config([*TINY, "+loss.nan_at_steps.weight=1.0", "trainer.max_steps=1",
                           "trainer.nonfinite=skip", f"trainer.run_dir={tmp_path / 'run'}"])
@@ -178,7 +178,7 @@ def test_a_non_finite_term_without_gradient_still_halts(tmp_path):
 
 def test_a_non_finite_first_micro_batch_is_named_and_skips_the_step(tmp_path):
     from metacontrast.metrics import MetricsLogger
-    from metacontrast.trainer import setup, train_steps
+    from metacontrast.trainer import train_steps
 
     base = [*TINY, "+loss.nan_at_steps.weight=1.0", "trainer.batch_size=8", "trainer.accumulate=2",
             "trainer.max_steps=1"]
@@ -203,7 +203,7 @@ def test_a_training_step_reads_the_device_once(tmp_path, monkeypatch):
     step (the finite-ness flags): no per-step ``.item()`` of losses or norms, so a GPU's
     queue is never drained more than once a step by the trainer."""
     from metacontrast.metrics import MetricsLogger
-    from metacontrast.trainer import setup, train_steps
+    from metacontrast.trainer import train_steps
 
     steps = 5
     cfg = compose_config([*TINY, "views=identity", f"trainer.max_steps={steps}", "trainer.log_every=1000",
@@ -252,10 +252,11 @@ def test_time_to_target_is_recorded_and_can_end_pre_training(tmp_path):
 @pytest.mark.parametrize(("overrides", "message"), [
     (["evaluation.stop_at_target=true"], "evaluation.stop_at_target: needs evaluation.target_metric"),
     (["evaluation.target_metric=knn_top1"], "set trainer.eval_every_epochs > 0"),
+    (["data.stream=true", "evaluation.train_subset=0"], "evaluation.train_subset: a streamed dataset"),
 ])
-def test_bad_targets_name_the_key(overrides, message, tmp_path):
-    with pytest.raises(ConfigError, match=message):
-        setup(compose_config([*TINY, *overrides, f"trainer.run_dir={tmp_path}"]))
+def test_values_that_go_together_are_checked_when_the_config_is_composed(overrides, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):  # before any run is set up
+        compose_config([*TINY, *overrides, f"trainer.run_dir={tmp_path}"])
 
 
 def test_a_target_no_evaluator_measures_is_named(tmp_path):

@@ -176,16 +176,6 @@ def setup(cfg: DictConfig, plugins: PluginManager | None = None, run_dir: Path |
     check_targets(cfg, allowed_targets, source="the config")  # before anything is built
     check_component_configs(cfg, plugins)  # before any data is read
 
-    ev = cfg.evaluation
-    if ev.stop_at_target and not str(ev.target_metric):
-        raise ConfigError("evaluation.stop_at_target: needs evaluation.target_metric (e.g. knn_top1) and "
-                          "evaluation.target_value")
-    if str(ev.target_metric) and int(t.eval_every_epochs) <= 0:
-        raise ConfigError(f"evaluation.target_metric: {ev.target_metric} is watched in the periodic "
-                          f"evaluations; set trainer.eval_every_epochs > 0")
-    if cfg.data.stream and int(cfg.evaluation.train_subset) <= 0:
-        raise ConfigError("evaluation.train_subset: a streamed dataset (data.stream=true) needs a "
-                          "cap on the labelled train images held in memory for evaluation")
     use_deterministic_algorithms(bool(t.deterministic))
     seed_everything(int(t.seed))  # every rank builds the same initial weights
     eval_index = lambda n: subset_indices(n, int(cfg.evaluation.train_subset), int(t.seed))  # noqa: E731

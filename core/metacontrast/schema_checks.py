@@ -196,3 +196,24 @@ def check_values(cfg: DictConfig, where: str = "") -> None:
             source = f" (in {where})" if where else ""
             finite = "a finite number " if isinstance(plain, float) and not math.isfinite(plain) else ""
             raise ConfigError(f"{key}: must be {finite}{rule.allowed()}, got {_shown(value)}{source}")
+    message = _together(cfg)
+    if message:
+        raise ConfigError(message + (f" (in {where})" if where else ""))
+
+
+def _together(cfg: DictConfig) -> str | None:
+    """The checks of values that only make sense together (no data or device needed)."""
+    def get(key: str, default: Any = None) -> Any:
+        return OmegaConf.select(cfg, key, default=default)
+
+    if get("evaluation.stop_at_target", False) and not str(get("evaluation.target_metric", "") or ""):
+        return ("evaluation.stop_at_target: needs evaluation.target_metric (e.g. knn_top1) and "
+                "evaluation.target_value")
+    if str(get("evaluation.target_metric", "") or "") and int(get("trainer.eval_every_epochs", 1)) <= 0:
+        return (f"evaluation.target_metric: {get('evaluation.target_metric')} is watched in the periodic "
+                f"evaluations; set trainer.eval_every_epochs > 0")
+    if get("data.stream", False) and int(get("evaluation.train_subset", 1)) <= 0:
+        return ("evaluation.train_subset: a streamed dataset (data.stream=true) needs a cap on the "
+                "labelled train images held in memory for evaluation")
+    return None
+
