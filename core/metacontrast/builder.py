@@ -152,14 +152,12 @@ def check_view_kind(key: str, cls: type, plugins: PluginManager) -> None:
 
 
 def build_components(cfg: DictConfig, plugins: PluginManager, context: BuildContext) -> Components:
-    """Build every component the config names, encoder first (its D sizes the head)."""
-    views = _node(cfg, "views")
-    check_view_kind("views", plugins.get("view_generator", str(views.get("name")), key="views.name"), plugins)
-    view_generator = build_one(plugins, "view_generator", "views", views, context)
+    """Build every component the config names, encoder first (its D sizes the head). The
+    sections were checked by ``check_component_configs`` (settings, and a view transform
+    never standing for the view generator or the reverse) before any data was read."""
+    view_generator = build_one(plugins, "view_generator", "views", _node(cfg, "views"), context)
     transforms = []
     for name, params in _named_map(cfg, "view_transforms").items():
-        check_view_kind(f"view_transforms.{name}", plugins.get("view_generator", name,
-                                                               key=f"view_transforms.{name}"), plugins)
         transforms.append(build_one(plugins, "view_generator", f"view_transforms.{name}",
                                     {"name": name, **params}, context))
     transforms.sort(key=lambda t: t.ORDER)
