@@ -41,6 +41,7 @@ BAD: dict[str, list[str]] = {
     "optim.min_lr": ["-1e-3"],
     "trainer.epochs": ["0", "-1"],
     "trainer.max_steps": ["-1"],
+    "trainer.time_limit_s": ["-1", "nan", "inf"],
     "trainer.batch_size": ["0", "-4"],
     "trainer.accumulate": ["0"],
     "trainer.precision": ["fp8", "half"],
@@ -71,6 +72,7 @@ BAD: dict[str, list[str]] = {
 
 # values at the edges that stay allowed
 EDGES = ["optim.lr=0", "data.max_bad_fraction=1", "data.max_bad_fraction=0", "trainer.max_steps=0",
+         "trainer.time_limit_s=0", "trainer.time_limit_s=0.5",
          "trainer.batch_size=1", "optim.momentum=0", "trainer.device=cuda:1", "trainer.compile=true",
          "trainer.precision=BF16", "evaluation.baselines=[]", "optim.warmup_epochs=0.5"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -247,6 +248,49 @@ def test_time_to_target_is_recorded_and_can_end_pre_training(tmp_path):
     report = write_report([run_dir]).read_text()
     assert "time to target" in report and "knn_top1 >= 0.0" in report and "(epoch 2)" in report
     assert json.loads((run_dir / "results.json").read_text())["time_to_target"] == target
+    # the schedule was sized for 5 epochs (20 steps) and is said not to have completed
+    assert results["schedule"] == {"completed": False, "ended_by": "target", "steps": 8, "planned_steps": 20,
+                                   "planned_epochs": 5.0, "fraction": 0.4}
+    assert "2 of 5 epochs (40%), ended at the target" in report
+    lrs = [r["lr"] for r in rows if "lr" in r]
+    assert lrs[-1] > 0.5 * lrs[0]  # still high: the cosine over 20 steps was cut at step 8
+
+
+def test_a_run_s_schedule_is_sized_by_its_own_length(tmp_path):
+    """``trainer.max_steps`` shortens the run and its schedules with it: the learning rate
+    decays to its floor at the last step and results.json says the schedule completed."""
+    run_dir = tmp_path / "run"
+    cfg = compose_config([*TINY, "trainer.max_steps=6", "trainer.epochs=50", "data.train_subset=64",
+                          "optim.warmup_epochs=0", "trainer.log_every=1", "evaluation.baselines=[]",
+                          f"trainer.run_dir={run_dir}"])
+    results = fit(cfg)
+    assert results["schedule"] == {"completed": True, "ended_by": "schedule", "steps": 6, "planned_steps": 6,
+                                   "planned_epochs": 1.5, "fraction": 1.0}
+    lrs = [r["lr"] for r in _rows(run_dir) if "lr" in r]
+    base = lrs[0] / (0.5 * (1 + math.cos(math.pi * 1 / 6)))  # the lr after the first step, undone
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-9 * base)  # the cosine ends where the run ends
+
+
+def test_a_time_limit_ends_the_loop_and_results_say_the_schedule_did_not_complete(tmp_path):
+    """``trainer.time_limit_s`` ends the loop at a step boundary; the run is evaluated and
+    finished as usual, and results.json, the summary and the report say why it ended.
+    The checkpoint remembers the early end, so resuming it takes no further step."""
+    from metacontrast.report import write_report
+    from metacontrast.summary import summary_lines
+    from metacontrast.trainer import load_resume_checkpoint, restore
+
+    run_dir = tmp_path / "run"
+    overrides = [*TINY, "trainer.max_steps=0", "trainer.epochs=3", "data.train_subset=64",
+                 "trainer.time_limit_s=1e-6", "evaluation.baselines=[]", f"trainer.run_dir={run_dir}"]
+    results = fit(compose_config(overrides))
+    assert results["steps"] == 1 and results["metrics"]["pretrained"]["knn_top1"] >= 0
+    assert results["schedule"] == {"completed": False, "ended_by": "time_limit", "steps": 1, "planned_steps": 12,
+                                   "planned_epochs": 3.0, "fraction": round(1 / 12, 4)}
+    assert any("ended by trainer.time_limit_s" in line for line in summary_lines(results))
+    assert "ended by trainer.time_limit_s" in write_report([run_dir]).read_text()
+    run = setup(compose_config([*overrides, "trainer.resume=auto"]))
+    restore(run, *load_resume_checkpoint(run))
+    assert (run.ended_by, run.total_steps, run.schedule_steps) == ("time_limit", 1, 12)
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

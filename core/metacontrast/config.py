@@ -154,6 +154,9 @@ class TrainerConfig:
     loss term or gradient is NaN or infinite (skip: no update on any rank, counted; halt
     after ``max_consecutive_skips`` skips in a row). ``deterministic``: only deterministic
     kernels (an error names an operation that has none), no cuDNN autotuning.
+    ``time_limit_s``: end the training loop at the first step boundary after this many
+    seconds of it (added up over resumes; 0 = no limit), then evaluate and write
+    ``results.json`` as usual, which states that the schedule did not complete.
     ``compile``: off | encoder | step, what ``torch.compile`` compiles (see
     ``metacontrast.compiling``), with ``compile_backend``. ``cuda_graphs``: capture the
     whole step as CUDA graphs after ``cuda_graph_warmup`` eager steps (see
@@ -161,6 +164,7 @@ class TrainerConfig:
 
     epochs: int = 100
     max_steps: int = 0
+    time_limit_s: float = 0.0
     batch_size: int = 256
     accumulate: int = 1
     precision: str = "auto"

@@ -197,7 +197,7 @@ class GraphedStep:
             from metacontrast.loop import optimizer_step
 
             optimizer_step(run, release_grads=False, schedule=False)
-            step_fn.after_optimizer_step(run.position.step, run.total_steps)
+            step_fn.after_optimizer_step(run.position.step, run.schedule_steps)
 
         self.forward = self.capture_with.capture(forward)
         self.update = self.capture_with.capture(update)
@@ -220,7 +220,7 @@ class GraphedStep:
 
         def update() -> None:
             if run.model.teacher is not None:
-                run.model.teacher.prepare(run.position.step, run.total_steps)
+                run.model.teacher.prepare(run.position.step, run.schedule_steps)
             self.capture_with.replay(self.update)
             run.scheduler.step()
 

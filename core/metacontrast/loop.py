@@ -27,7 +27,7 @@ from metacontrast.metrics import MetricsLogger
 from metacontrast.records import Batch, LossTerms, StepInputs, StepState
 from metacontrast.resume import save_checkpoint
 from metacontrast.run_evaluation import periodic_evaluation
-from metacontrast.run_setup import Run, TrainingError, tick
+from metacontrast.run_setup import Run, TrainingError, end_early, tick
 from metacontrast.signals import StopRequested, StopSignals
 
 
@@ -128,7 +128,7 @@ def _end_epoch(run: Run, logger: MetricsLogger, terms: LossTerms | None) -> None
         periodic_evaluation(run, logger)
         ev = run.cfg.evaluation
         if ev.stop_at_target and distributed.max_over_ranks(int(run.target_reached is not None)):
-            run.total_steps = pos.step  # the target is reached: the loop ends here
+            end_early(run, "target")
     distributed.barrier()
 
 
@@ -217,7 +217,7 @@ def update_after_backward(run: Run, step_fn: Any, health: StepHealth,
         with phase("optimizer"):
             optimizer_step(run)
         with phase("after"):  # the teacher, then the memory write
-            step_fn.after_optimizer_step(run.position.step, run.total_steps)
+            step_fn.after_optimizer_step(run.position.step, run.schedule_steps)
 
     return settle_step(run, health, finite, update, phase=phase)
 
@@ -266,6 +266,7 @@ def train_steps(run: Run, logger: MetricsLogger, stop: StopSignals | None = None
     t = run.cfg.trainer
     step_fn = run.plugins.make_train_step(run.cfg, run.components)
     accumulate, log_every, checkpoint_every = int(t.accumulate), int(t.log_every), int(t.checkpoint_every)
+    time_limit = float(t.time_limit_s)
     no_sync = getattr(run.wrapped, "no_sync", None)
     run.model.train()
     last_log, images_since_log = time.perf_counter(), 0
@@ -294,6 +295,8 @@ def train_steps(run: Run, logger: MetricsLogger, stop: StopSignals | None = None
             pos.step += 1
             pos.batch = batch_index + 1
             tick(run)
+            if time_limit and distributed.any_rank(run.elapsed_s >= time_limit):
+                end_early(run, "time_limit")  # this step is the last: logged, checkpointed
             run.plugins.hooks.hook.metacontrast_on_step_end(
                 state=StepState(step=pos.step, epoch=pos.epoch, terms=terms.detached(), model=run.model))
             logger.advance()

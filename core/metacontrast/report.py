@@ -152,8 +152,10 @@ def describe_protocol(key: str, settings: dict[str, Any], results: dict[str, Any
     name = settings.get("name", key)
     n_train, n_test = results.get("train_images_for_eval"), results.get("test_images")
     if name == "knn" or name == "knn_faiss":
-        return (f"weighted kNN (k={settings.get('k')}, votes exp(cos/{settings.get('temperature')})) on "
-                f"frozen features; bank = {n_train} train images, scored on {n_test} test images")
+        vote = (f"majority vote, k={settings.get('k')}, cosine" if settings.get("vote") == "majority" else
+                f"weighted, k={settings.get('k')}, votes exp(cos/{settings.get('temperature')})")
+        return (f"kNN ({vote}) on frozen features; bank = {n_train} train images, scored on {n_test} "
+                f"test images")
     if name == "linear":
         solver = settings.get("solver", "lbfgs")
         how = {"lbfgs": f"full-batch L-BFGS ({settings.get('max_iter')} iterations)",
@@ -219,8 +221,8 @@ def build_markdown(groups: Sequence[Sequence[RunRecord]], plots: dict[str, list[
              "Accuracies in %. Several seeds of one configuration: mean ± sample std. "
              "**last**: the encoder at the end of pre-training; **best**: the best of the periodic "
              "evaluations during pre-training (and the final one), with its epoch.", ""]
-    header = ["run", "seeds", "method", "encoder", "dataset", "epochs (steps)", "batch", "precision",
-              "hardware", "wall-clock"]
+    header = ["run", "seeds", "method", "encoder", "dataset", "epochs (steps)", "schedule", "batch",
+              "precision", "hardware", "wall-clock"]
     protocols_all: dict[str, Any] = {}
     for g in groups:
         protocols_all.update(g[0].results.get("protocols", {}))
@@ -236,7 +238,7 @@ def build_markdown(groups: Sequence[Sequence[RunRecord]], plots: dict[str, list[
         seconds = [run.results.get("wall_clock_s", float("nan")) for run in g]
         row = [_group_label(g), ", ".join(str(run.results.get("seed", "?")) for run in g), r.get("method"),
                r.get("encoder"), r.get("dataset"), f"{r.get('epochs')} ({r.get('steps')})",
-               r.get("global_batch"),
+               "; ".join(dict.fromkeys(schedule_text(run.results) for run in g)), r.get("global_batch"),
                r.get("precision"), r.get("hardware", r.get("device")),
                _duration(statistics.fmean(seconds)) + (" each" if len(g) > 1 else "")]
         for m in metrics:
@@ -278,6 +280,27 @@ def build_markdown(groups: Sequence[Sequence[RunRecord]], plots: dict[str, list[
             lines += [f"## {title}", "", *[f"![{Path(p).stem}]({p})" for p in plots[section]], ""]
     lines += ["## Runs", "", *[f"- `{run.path}`" for run in runs], ""]
     return "\n".join(lines)
+
+
+ENDED_BY = {"target": "ended at the target", "time_limit": "ended by trainer.time_limit_s",
+            None: "stopped mid-run"}
+
+
+def schedule_text(results: dict[str, Any]) -> str:
+    """Whether a run's schedule ran to its end, from ``results.json``'s ``schedule``: e.g.
+    ``complete (300 epochs)`` or ``120 of 300 epochs (40%), ended at the target``; ``?``
+    for results written before runs said so."""
+    schedule = results.get("schedule")
+    if not schedule:
+        return "?"
+    planned = schedule["planned_epochs"]
+    planned_text = f"{planned:g} epochs" if planned >= 1 else f"{schedule['planned_steps']} steps"
+    if schedule["completed"]:
+        return f"complete ({planned_text})"
+    done = schedule["fraction"] * planned
+    done_text = f"{done:.3g} of {planned_text}" if planned >= 1 else f"{schedule['steps']} of {planned_text}"
+    why = ENDED_BY.get(schedule["ended_by"], schedule["ended_by"])
+    return f"{done_text} ({100 * schedule['fraction']:.0f}%), {why}"
 
 
 def _time_to_target_cell(group: Sequence[RunRecord]) -> str:

@@ -24,6 +24,23 @@ def time_to_target(run: Run) -> dict[str, Any] | None:
     return {**run.target_reached, "reached": True}
 
 
+def schedule_report(run: Run) -> dict[str, Any]:
+    """Whether the run's schedules (learning rate, the teacher's momentum) ran to their end:
+    the steps and epochs they were sized for, those taken, and what ended the loop
+    (``schedule``; ``target``: ``evaluation.stop_at_target``; ``time_limit``:
+    ``trainer.time_limit_s``)."""
+    steps_per_epoch = run.sampler.steps_per_epoch // int(run.cfg.trainer.accumulate)
+    done = run.position.step >= run.schedule_steps
+    return {
+        "completed": done,
+        "ended_by": "schedule" if done else run.ended_by,  # None: a checkpoint taken mid-run
+        "steps": run.position.step,
+        "planned_steps": run.schedule_steps,
+        "planned_epochs": round(run.schedule_steps / steps_per_epoch, 2),
+        "fraction": round(run.position.step / max(1, run.schedule_steps), 4),
+    }
+
+
 def hardware_description(device: torch.device) -> str:
     """The accelerator's name, or the CPU model with the threads torch uses."""
     if device.type == "cuda":
@@ -56,6 +73,7 @@ def describe_run(run: Run, metrics: dict[str, dict[str, float]], seconds: float)
         "encoder": str(cfg.encoder.name),
         "steps": run.position.step,
         "epochs": run.position.epoch,
+        "schedule": schedule_report(run),
         "global_batch": int(cfg.trainer.batch_size) * run.world.world_size * int(cfg.trainer.accumulate),
         "seed": int(cfg.trainer.seed),
         "precision": run.precision,

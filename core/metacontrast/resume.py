@@ -67,6 +67,7 @@ def state_payload(run: Run) -> dict[str, Any]:
         "baseline_metrics": run.baseline_metrics,
         "best_metrics": run.best_metrics,
         "target_reached": run.target_reached,
+        "ended_by": run.ended_by,
         "elapsed_s": run.elapsed_s,
         "build_facts": build_facts(run.components.context),
     }
@@ -146,4 +147,7 @@ def restore(run: Run, path: Path, payload: dict[str, Any]) -> None:
     run.baseline_metrics = dict(payload.get("baseline_metrics", {}))
     run.best_metrics = dict(payload.get("best_metrics", {}))
     run.target_reached = payload.get("target_reached")
+    run.ended_by = payload.get("ended_by")
+    if run.ended_by is not None:  # the loop had ended early: resume after it, not into more steps
+        run.total_steps = run.position.step
     run.elapsed_s = float(payload.get("elapsed_s", 0.0))

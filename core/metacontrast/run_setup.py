@@ -127,6 +127,10 @@ class Run:
     generator: torch.Generator
     autocast: Callable[[], contextlib.AbstractContextManager]
     precision: str  # the autocast dtype chosen from trainer.precision: fp32 | bf16 | fp16
+    # the steps the schedules (learning rate, the teacher's momentum) are sized for:
+    # trainer.epochs of the data, or trainer.max_steps where that is fewer
+    schedule_steps: int
+    # where the training loop ends: schedule_steps, or earlier (ended_by says why)
     total_steps: int
     position: Position = attrs.field(factory=Position)
     last_saved_step: int = -1
@@ -138,6 +142,8 @@ class Run:
     compile_watch: CompileWatch | None = None
     # evaluation.target_metric's first periodic value at or above target_value
     target_reached: dict[str, Any] | None = None
+    # why the training loop ended before schedule_steps (ENDINGS), None while it has not
+    ended_by: str | None = None
     # seconds spent in the training loop (steps, periodic evaluations, checkpoints), added up
     # over every process that resumed the run; clock: (perf_counter, elapsed_s) at this loop's start
     elapsed_s: float = 0.0
@@ -224,10 +230,23 @@ def setup(cfg: DictConfig, plugins: PluginManager | None = None, run_dir: Path |
                components=components, plugins=plugins, wrapped=wrapped, optimizer=optimizer,
                scheduler=scheduler, scaler=scaler, sampler=sampler, generator=generator,
                autocast=autocast_factory(device, dtype), precision=precision_name(dtype),
-               total_steps=total,
+               schedule_steps=total, total_steps=total,
                compile_watch=None if mode == "off" else CompileWatch(mode, str(t.compile_backend),
                                                                      eager_parts),
                announce=announce)
+
+
+# why a training loop ends before its schedule: the periodic evaluation reached
+# evaluation.target_value (evaluation.stop_at_target), or trainer.time_limit_s ran out
+ENDINGS = ("target", "time_limit")
+
+
+def end_early(run: Run, why: str) -> None:
+    """End the training loop at the current step, before its schedule (``why``: one of
+    ``ENDINGS``); the schedules keep the length they were sized for."""
+    assert why in ENDINGS, why
+    run.total_steps = run.position.step
+    run.ended_by = why
 
 
 def tick(run: Run) -> None:

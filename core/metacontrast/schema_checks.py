@@ -129,6 +129,7 @@ RULES: dict[str, Rule] = {
     "optim.min_lr": NON_NEGATIVE,
     "trainer.epochs": POSITIVE,
     "trainer.max_steps": COUNT,
+    "trainer.time_limit_s": NON_NEGATIVE,
     "trainer.batch_size": POSITIVE,
     "trainer.accumulate": POSITIVE,
     "trainer.precision": Choice(("auto", "bf16", "fp16", "fp32")),

@@ -7,17 +7,19 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
-from metacontrast.report import is_accuracy, protocol_of
+from metacontrast.report import is_accuracy, protocol_of, schedule_text
 
 # the protocol settings worth a reader's attention, per evaluator setting name
-_PROTOCOL_KEYS = ("k", "temperature", "solver", "epochs", "shots", "ways", "queries", "fraction",
+_PROTOCOL_KEYS = ("k", "vote", "temperature", "solver", "epochs", "shots", "ways", "queries", "fraction",
                   "fractions", "augment")
 
 
 def protocol_text(name: str, protocols: dict[str, Any]) -> str:
     """``knn (k=20, temperature=0.1)``: the evaluator a metric comes from and its main settings."""
     settings = protocols.get(name) or {}
-    shown = [f"{k}={settings[k]}" for k in _PROTOCOL_KEYS if k in settings and k != "name"]
+    majority = settings.get("vote") == "majority"  # no temperature in a majority vote
+    shown = [f"{k}={settings[k]}" for k in _PROTOCOL_KEYS
+             if k in settings and k != "name" and not (majority and k == "temperature")]
     return f"{name} ({', '.join(shown)})" if shown else name
 
 
@@ -41,6 +43,8 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     where = (f"{results.get('precision', '?')} on {results.get('device', '?')} "
              f"({results.get('hardware', '?')}, {results.get('world_size', 1)} process(es))")
     lines = [f"run        {run_dir}", f"trained    {what}", f"           {where}"]
+    if "schedule" in results:
+        lines.append(f"schedule   {schedule_text(results)}")
     if "checkpoint" in results:
         lines.append(f"evaluated  {results['checkpoint']}")
     seconds = results.get("wall_clock_s")

@@ -149,6 +149,7 @@ def evaluate_checkpoint(path: Path, overrides: list[str],
             raise CheckpointError(f"checkpoint {path} does not fit the configured model: "
                                   f"{str(err).splitlines()[0]}") from None
         run.position = Position(**payload["position"])
+        run.ended_by = payload.get("ended_by")
         metrics = {"pretrained": evaluate_encoder(run, run.model.encoder, project=True,
                                                   label="the checkpoint's encoder")}
         metrics.update(run.baseline_metrics)
