@@ -1,6 +1,7 @@
 """kNN against a per-query loop; linear probe against scikit-learn."""
 
 import numpy as np
+import pytest
 import torch
 
 from metacontrast.builtin.evaluators import KNNEvaluator
@@ -56,3 +57,33 @@ def test_linear_probe_agrees_with_sklearn():
     sk_acc = float((sk.predict(xs[300:]) == y[300:].numpy()).mean())
     assert abs(acc - sk_acc) <= 0.03
     assert acc > 0.8
+
+
+def test_majority_knn_agrees_with_scikit_learn_cosine_knn_including_ties():
+    """``vote=majority`` (k = 10) predicts what ``KNeighborsClassifier(n_neighbors=10,
+    metric="cosine")`` predicts on random features, ties between classes included (three
+    classes and ten neighbours make 4-4-2 splits common)."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    g = torch.Generator().manual_seed(3)
+    train_x, test_x = torch.randn(500, 16, generator=g), torch.randn(400, 16, generator=g)
+    train_y, test_y = torch.randint(0, 3, (500,), generator=g), torch.randint(0, 3, (400,), generator=g)
+    sk = KNeighborsClassifier(n_neighbors=10, metric="cosine").fit(train_x.numpy(), train_y.numpy())
+    expected = torch.from_numpy(sk.predict(test_x.numpy()))
+    ours = knn_predict(train_x, train_y, test_x, k=10, temperature=0.1, num_classes=3, chunk=64, vote="majority")
+    assert torch.equal(ours.argmax(1), expected)
+    # the comparison covered ties: some test rows' neighbours split evenly between classes
+    neighbours = torch.from_numpy(sk.kneighbors(test_x.numpy(), return_distance=False))
+    counts = torch.nn.functional.one_hot(train_y[neighbours], 3).sum(1)
+    top2 = counts.topk(2, dim=1).values
+    assert (top2[:, 0] == top2[:, 1]).sum() >= 10
+    ev = KNNEvaluator(KNNConfig(k=10, vote="majority"), None)
+    ev.key = "knn_majority"
+    metrics = ev.evaluate(Features(train_x, train_y), Features(test_x, test_y))
+    assert list(metrics) == ["knn_majority_top1"]  # three classes: no top-5
+    assert metrics["knn_majority_top1"] == pytest.approx(sk.score(test_x.numpy(), test_y.numpy()), abs=1e-6)
+
+
+def test_a_vote_that_does_not_exist_is_named():
+    with pytest.raises(ValueError, match="eval.knn.vote: unknown 'plurality'; available: weighted, majority"):
+        KNNConfig(vote="plurality")

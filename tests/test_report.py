@@ -44,7 +44,7 @@ def test_main_job_then_report_writes_markdown_and_real_pngs(finished_run, capsys
     assert capsys.readouterr().out.strip() == str(out / "report.md")
     text = (out / "report.md").read_text()
     assert "| run | seeds | method |" in text and "knn_top1 [knn, last]" in text and "knn_top1 [best]" in text
-    assert "weighted kNN (k=5" in text and "linear probe" in text  # protocols stated
+    assert "kNN (weighted, k=5" in text and "linear probe" in text  # protocols stated
     results = json.loads((finished_run / "results.json").read_text())
     assert f"{100 * results['metrics']['pretrained']['knn_top1']:.1f}" in text
     _png(out / "training_curves.png", CURVES_SIZE)

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from metacontrast.records import Features
 
+VOTES = ("weighted", "majority")
 SOLVERS = ("lbfgs", "sgd", "closed_form")
 LOSSES = ("logistic", "squared")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -26,11 +27,16 @@ SCHEDULES = ("cosine", "linear", "constant")
 
 @attrs.define
 class KNNConfig:
-    """``k`` neighbours, vote weights ``exp(cos / temperature)`` (InstDisc's weighted
-    kNN); ``chunk``: test rows scored at once (bounds memory at ``chunk * N_train``)."""
+    """``k`` nearest train rows by cosine similarity; ``vote``: ``weighted`` (each neighbour
+    votes ``exp(cos / temperature)``: InstDisc's protocol, lightly's and MoCo's k = 200,
+    t = 0.1) or ``majority`` (one vote each, ties to the lowest class index: scikit-learn's
+    ``KNeighborsClassifier(metric="cosine")``, the k = 10 of the public SimCLR CIFAR-10
+    reference; ``temperature`` is then unused). ``chunk``: test rows scored at once
+    (bounds memory at ``chunk * N_train``)."""
 
     k: int = 200
     temperature: float = 0.1
+    vote: str = "weighted"
     chunk: int = 1024
 
     def __attrs_post_init__(self) -> None:
@@ -38,28 +44,38 @@ class KNNConfig:
             raise ValueError(f"eval.knn.k must be >= 1, got {self.k}")
         if self.temperature <= 0:
             raise ValueError(f"eval.knn.temperature must be > 0, got {self.temperature}")
+        if self.vote not in VOTES:
+            raise ValueError(f"eval.knn.vote: unknown {self.vote!r}; available: {', '.join(VOTES)}")
 
 
 def knn_votes(sim: Tensor, idx: Tensor, train_y: Tensor, *, temperature: float,
-              num_classes: int) -> Tensor:
+              num_classes: int, vote: str = "weighted") -> Tensor:
     """Class scores ``(T, num_classes)`` from the cosine similarities ``sim (T, k)`` of each
-    test row's k nearest train rows ``idx (T, k)``: the per-class sum of
-    ``exp(cos / temperature)`` (InstDisc's weighted vote)."""
+    test row's k nearest train rows ``idx (T, k)``. ``weighted``: the per-class sum of
+    ``exp(cos / temperature)`` (InstDisc's vote). ``majority``: the per-class count of
+    neighbours, less ``c / (2 C)`` for class ``c`` of ``C`` so that a tie goes to the
+    lowest class index (counts are whole numbers: the order between different counts
+    stays)."""
     votes = torch.zeros(sim.shape[0], num_classes, dtype=torch.float32, device=sim.device)
+    if vote == "majority":
+        votes.scatter_add_(1, train_y[idx], torch.ones_like(sim, dtype=torch.float32))
+        tie_break = torch.arange(num_classes, dtype=torch.float32, device=sim.device) / (2 * num_classes)
+        return votes - tie_break
     return votes.scatter_add_(1, train_y[idx], (sim.float() / temperature).exp())
 
 
 def knn_predict(train_x: Tensor, train_y: Tensor, test_x: Tensor, *, k: int,
-                temperature: float, num_classes: int, chunk: int = 1024) -> Tensor:
-    """Weighted cosine kNN by brute force. ``train_x (N, D)``, ``train_y (N,)``,
-    ``test_x (T, D)`` -> class scores ``(T, num_classes)`` (see ``knn_votes``)."""
+                temperature: float, num_classes: int, chunk: int = 1024,
+                vote: str = "weighted") -> Tensor:
+    """Cosine kNN by brute force. ``train_x (N, D)``, ``train_y (N,)``, ``test_x (T, D)``
+    -> class scores ``(T, num_classes)`` (see ``knn_votes`` for ``vote``)."""
     bank = F.normalize(train_x.float(), dim=1)
     k = min(k, bank.shape[0])
     out = []
     for start in range(0, test_x.shape[0], chunk):
         q = F.normalize(test_x[start:start + chunk].float(), dim=1)
         sim, idx = (q @ bank.T).topk(k, dim=1)
-        out.append(knn_votes(sim, idx, train_y, temperature=temperature, num_classes=num_classes))
+        out.append(knn_votes(sim, idx, train_y, temperature=temperature, num_classes=num_classes, vote=vote))
     return torch.cat(out)
 
 

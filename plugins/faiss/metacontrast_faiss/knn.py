@@ -14,7 +14,7 @@ from metacontrast_faiss.index import IndexConfig, NeighbourIndex
 
 @attrs.define
 class FaissKNNConfig(KNNConfig):
-    """The kNN protocol of ``eval=[knn]`` (k, temperature) with a faiss ``index``; the
+    """The kNN protocol of ``eval=[knn]`` (k, temperature, vote) with a faiss ``index``; the
     exact ``flat`` index gives the brute-force top-k. ``chunk``: queries searched at once."""
 
     chunk: int = 8192
@@ -38,5 +38,5 @@ class FaissKNNEvaluator(Evaluator):
             q = F.normalize(test.x[start:start + self.config.chunk].float(), dim=1)
             sim, idx = index.search(q, self.config.k)
             scores.append(knn_votes(sim, idx, train.y.to(idx.device), temperature=self.config.temperature,
-                                    num_classes=num_classes))
-        return topk_accuracies(torch.cat(scores), test.y.to(scores[0].device), "knn_faiss")
+                                    num_classes=num_classes, vote=self.config.vote))
+        return topk_accuracies(torch.cat(scores), test.y.to(scores[0].device), self.key)

@@ -59,15 +59,15 @@ def test_gpu_choice():
         wants_gpu("always", cpu, available=False)
 
 
-@pytest.mark.parametrize("k", [1, 20])
-def test_faiss_knn_equals_brute_force_knn(k):
+@pytest.mark.parametrize(("k", "vote"), [(1, "weighted"), (20, "weighted"), (10, "majority")])
+def test_faiss_knn_equals_brute_force_knn(k, vote):
     g = torch.Generator().manual_seed(0)
     centres = torch.randn(5, 16, generator=g)
     ytr, yte = torch.randint(0, 5, (1500,), generator=g), torch.randint(0, 5, (400,), generator=g)
     xtr = centres[ytr] + 1.5 * torch.randn(1500, 16, generator=g)
     xte = centres[yte] + 1.5 * torch.randn(400, 16, generator=g)
     train, test = Features(xtr, ytr), Features(xte, yte)
-    brute = KNNEvaluator(KNNConfig(k=k, temperature=0.07), None).evaluate(train, test)
-    fast = FaissKNNEvaluator(FaissKNNConfig(k=k, temperature=0.07, chunk=128), None).evaluate(train, test)
+    brute = KNNEvaluator(KNNConfig(k=k, temperature=0.07, vote=vote), None).evaluate(train, test)
+    fast = FaissKNNEvaluator(FaissKNNConfig(k=k, temperature=0.07, chunk=128, vote=vote), None).evaluate(train, test)
     assert fast == {key.replace("knn", "knn_faiss"): value for key, value in brute.items()}
     assert 0.3 < brute["knn_top1"] < 1.0  # a real, imperfect classification problem
