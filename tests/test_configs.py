@@ -27,12 +27,16 @@ def _options() -> list[tuple[str, str]]:
 
 
 # groups outside the primary defaults list are added with '+'
-ADDED_GROUPS = {"task_aug", "aux", "mix"}
+ADDED_GROUPS = {"task_aug", "aux", "mix", "recipe"}
+# recipes for GPUs (CUDA graphs, all of CIFAR-10 as the kNN bank): two CPU steps of each, eagerly
+GPU_EXPERIMENTS = ("speedrun/", "cifar10_200ep/")
+ON_THE_CPU = ["trainer.cuda_graphs=false", "trainer.compile=off", "trainer.batch_size=16",
+              "evaluation.train_subset=200", "evaluation.batch_size=64"]
 SMALL_STRONG = ["encoder.pool=avg", "views.weak.size=32", "views.strong_sizes=[16]"]
 SMALL_ALEXNET = ["encoder.width=0.125", "memory.read_size=64"]
 RGB_OPTIONS = {("encoder", "split_alexnet"), ("encoder", "channel_split"), ("head", "split_projection"),
                ("loss", "oucl"), ("loss", "metaug"), ("views", "cmc"), ("method", "metaug"),
-               ("method", "metaug_only_oucl")}
+               ("method", "metaug_only_oucl"), ("recipe", "gpu_cifar10")}
 # what an option needs from the rest of the config to run
 NEEDS = {
     ("solver", "protonet"): ["episode=n_way_k_shot", "loss=[query_ce]"],
@@ -52,6 +56,7 @@ NEEDS = {
        for m in ("clsa_single", "clsa_multi", "clsa_single_contrastive", "moco_v2_strong_query")},
     ("method", "moco_v2_strong_query_key"): ["views=clsa_single_cifar", *SMALL_STRONG, "views.strong_sizes=[16,16]"],
     ("mix", "unmix"): ["solver=all_pairs", "loss=[query_ce]"],  # soft targets: not nt_xent
+    ("recipe", "gpu_cifar10"): ON_THE_CPU,
     ("eval", "few_shot"): ["eval.few_shot.episodes=20", "eval.few_shot.queries=3"],
     ("eval", "linear_sgd"): ["eval.linear_sgd.epochs=2"],
     ("eval", "linear_aug"): ["eval.linear_aug.epochs=2"],
@@ -205,11 +210,11 @@ def test_config_composes_and_runs_two_steps(group, option, tmp_path, monkeypatch
     if group == "experiment" and option.startswith("metaug_cifar10"):
         extra += [*_data_overrides("cifar10", tmp_path), "encoder.width=0.125", "trainer.batch_size=16"]
         extra += [] if option.endswith("simclr") else ["memory.read_size=64"]
-    if group == "experiment" and option.startswith(("cifar10", "table6", "clsa_table4")):
+    gpu_recipe = group == "experiment" and (option.endswith("_fast") or option.startswith(GPU_EXPERIMENTS))
+    if group == "experiment" and (option.startswith(("cifar10", "table6", "clsa_table4")) or gpu_recipe):
         extra += _data_overrides("cifar10", tmp_path)
-    if group == "experiment" and option.endswith("_fast"):  # a GPU recipe: no graphs on the CPU
-        extra += ["trainer.cuda_graphs=false", "trainer.compile=off", "trainer.batch_size=16",
-                  "evaluation.train_subset=200", "evaluation.batch_size=64"]
+    if gpu_recipe:  # no graphs on the CPU
+        extra += ON_THE_CPU
     if group == "experiment" and option.startswith("imagenet"):  # ResNet-50 recipes: tiny images here
         sizes = ["views.size=32"] if option == "imagenet_moco_v2" else ["views.weak.size=32", "views.strong_sizes=[16]"]
         # fp32: ResNet-50 leaves 16-pixel views 1x1 in layer4, normalised over 4 images; in bf16
@@ -223,8 +228,8 @@ def test_config_composes_and_runs_two_steps(group, option, tmp_path, monkeypatch
         extra += ["trainer.batch_size=4"]
     if group == "episode" and option == "n_way_k_shot":
         extra += ["views.n_views=2"]
-    own_eval = group == "experiment" and (option.startswith(("omniglot", "clsa_table4", "imagenet", "metaug"))
-                                          or option.endswith("_fast"))  # own evaluators
+    own_eval = gpu_recipe or (group, option) == ("recipe", "gpu_cifar10") or (group == "experiment" and option.startswith(
+        ("omniglot", "clsa_table4", "imagenet", "metaug")))  # own evaluators
     base = [o for o in TINY if not (o.startswith("eval.") and (own_eval or (
         group == "eval" and not o.startswith(f"eval.{option}."))))]
     if table:
