@@ -51,12 +51,15 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def record(section: str, body: str, doc: Path = DOCS) -> None:
+def record(section: str, body: str, doc: Path = DOCS, *, placed: bool = False) -> None:
     """Replace the section between ``<!-- section:begin -->`` and ``<!-- section:end -->``
     in ``doc`` (docs/benchmarks.md by default). A new section goes at the end of the
-    ``## GPU`` part when its name says ``cuda``, else at the end of the ``## CPU`` part."""
+    ``## GPU`` part when its name says ``cuda``, else at the end of the ``## CPU`` part;
+    with ``placed``, the markers must already be in ``doc`` (a page written by hand)."""
     begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
     text = doc.read_text() if doc.exists() else "# Benchmarks\n\n## CPU\n\n## GPU\n"
+    if placed and (begin not in text or end not in text):
+        raise ValueError(f"{doc}: no {begin} ... {end} markers to write the {section} table between")
     block = f"{begin}\n{body.strip()}\n{end}"
     if begin in text:
         text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)

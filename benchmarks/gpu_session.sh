@@ -1,5 +1,18 @@
 #!/usr/bin/env bash
-# One prepared GPU session, from a fresh GPU machine, in about 9 minutes (a budget, --budget-s):
+# A prepared GPU session, from a fresh GPU machine (the machine reaches no package index).
+#
+# With --next (what a session lent a GPU runs): install, unpack CIFAR-10, a short GPU smoke
+# test (the train-step tests on the GPU, the real CUDA-graph capture among them), then the
+# first entries of the GPU queue (benchmarks/gpu_queue.yaml, benchmarks/gpu_queue.py) that
+# fit in what is left of --budget-s; each writes its results into the queue file and the
+# docs (docs/speedrun.md, docs/experiments.md, docs/benchmarks.md), which come back in $OUT
+# under the same paths with the curves and the log. A second call while the machine is warm
+# resumes a run the first one capped. --dry-run --next: the same path on the CPU, every entry
+# shrunk, on scratch copies of the queue and docs in $OUT (about a minute).
+#   benchmarks/gpu_session.sh --next --budget-s 420     there (device tool: carry .whl and .gpu)
+#   benchmarks/gpu_session.sh --dry-run --next          here
+#
+# Without --next, every GPU table of docs/benchmarks.md in about 9 minutes (--budget-s):
 #   1. install the project and the wheels of .whl/ (the machine reaches no package index);
 #   2. unpack CIFAR-10 from .gpu/data/ (benchmarks/gpu_prepare.sh makes both, here);
 #   3. the train-step tests on the GPU (a subset: placement, host reads, CUDA graphs, trainer);
@@ -22,22 +35,26 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
-BUDGET=540
+NEXT=0
+BUDGET=
 TTA_DIR=
 RECIPE=cifar10_simclr_fast
 SKIP=,
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) DRY=1 ;;
+        --next) NEXT=1 ;;
         --budget-s) BUDGET=$2; shift ;;
         --tta-dir) TTA_DIR=$2; shift ;;
         --recipe) RECIPE=$2; shift ;;
         --skip) SKIP=",$2,"; shift ;;
-        *) echo "gpu_session.sh: unknown option $1 (use --dry-run, --budget-s N, --tta-dir DIR, --skip A,B," \
+        *) echo "gpu_session.sh: unknown option $1 (use --next, --dry-run, --budget-s N, --tta-dir DIR, --skip A,B," \
                 "--recipe cifar10_simclr_fast|cifar10_byol_fast|cifar10_r2d2_fast)" >&2; exit 2 ;;
     esac
     shift
 done
+[ -n "$BUDGET" ] || { [ "$NEXT$DRY" = 11 ] && BUDGET=90 || BUDGET=540; }
+case "$BUDGET" in ''|*[!0-9]*) echo "gpu_session.sh: --budget-s takes whole seconds, got '$BUDGET'" >&2; exit 2 ;; esac
 [ -n "$TTA_DIR" ] || TTA_DIR="/tmp/mc-$RECIPE"
 START=$(date +%s)
 OUT=${OUT:-/tmp/mc-gpu-session}
@@ -97,12 +114,54 @@ data() {
     "$PY" -c "import sys; from pathlib import Path; sys.path.insert(0, '$source'); import prepare; prepare.cifar10(Path('$DATA'))"
 }
 
-say "gpu_session.sh: budget $BUDGET s, device $DEVICE, dry run $DRY, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+say "gpu_session.sh: budget $BUDGET s, device $DEVICE, dry run $DRY, next $NEXT, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 if [ "$DRY" = 0 ]; then
-    stage install 60 install || { say "install failed: see the log"; cp "$LOG" "$OUT/" 2>/dev/null; exit 1; }
+    if "$PY" -c "import metacontrast, metacontrast_kornia" 2> /dev/null; then
+        say "== install: already installed (a warm machine)"
+    else
+        stage install 60 install || { say "install failed: see the log"; exit 1; }
+    fi
     command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$LOG"
 fi
 stage data 40 data || { say "no CIFAR-10: run benchmarks/gpu_prepare.sh and carry .gpu"; exit 1; }
+
+if [ "$NEXT" = 1 ]; then
+    # the queue and the docs it writes: the checkout's on the GPU (brought back in $OUT), scratch
+    # copies in $OUT on a dry run
+    QUEUE_FILE=benchmarks/gpu_queue.yaml
+    DOCS_DIR=docs
+    SMOKE=(tests/test_graphs.py tests/test_device_placement.py)
+    SMOKE_S=60
+    if [ "$DRY" = 1 ]; then
+        mkdir -p "$OUT/benchmarks" "$OUT/docs"
+        cp benchmarks/gpu_queue.yaml "$OUT/benchmarks/"
+        cp docs/speedrun.md docs/experiments.md docs/benchmarks.md "$OUT/docs/"
+        QUEUE_FILE=$OUT/benchmarks/gpu_queue.yaml
+        DOCS_DIR=$OUT/docs
+        SMOKE=(tests/test_graphs.py::test_capture_is_refused_where_it_cannot_work_naming_the_option)
+        SMOKE_S=15
+    fi
+    if [ "$DRY" = 0 ] && [ -f /tmp/mc-queue/.smoke-passed ]; then
+        say "== smoke: passed earlier on this machine"
+    else
+        stage smoke "$SMOKE_S" env "METACONTRAST_TEST_DEVICE=$DEVICE" "$PY" -m pytest -x -q -p no:cacheprovider \
+            "${SMOKE[@]}" || { say "no smoke test passed (failed, or no time for it): the queue is left as it is"; exit 1; }
+        [ "$DRY" = 0 ] && mkdir -p /tmp/mc-queue && touch /tmp/mc-queue/.smoke-passed
+    fi
+    QUEUE_ARGS=(next --budget-s "$(( $(left) - 10 ))" --out "$OUT" --data-root "$DATA" --python "$PY")
+    [ "$DRY" = 1 ] && QUEUE_ARGS+=(--dry-run --workdir "$OUT/runs")
+    say "== queue ($(left) s left): benchmarks/gpu_queue.py ${QUEUE_ARGS[*]}"
+    "$PY" benchmarks/gpu_queue.py --queue "$QUEUE_FILE" --docs "$DOCS_DIR" "${QUEUE_ARGS[@]}" 2>&1 | tee -a "$LOG"
+    rc=${PIPESTATUS[0]}
+    if [ "$DRY" = 0 ]; then
+        mkdir -p "$OUT/benchmarks" "$OUT/docs"
+        cp benchmarks/gpu_queue.yaml "$OUT/benchmarks/"
+        cp docs/speedrun.md docs/experiments.md docs/benchmarks.md "$OUT/docs/"
+        [ -d docs/speedrun ] && cp -r docs/speedrun "$OUT/docs/"
+    fi
+    say "gpu_session.sh: done after $(( $(date +%s) - START )) s (queue exit $rc); queue $QUEUE_FILE, docs $DOCS_DIR"
+    exit "$rc"
+fi
 
 if [ "$DRY" = 1 ]; then
     stage tests 60 env METACONTRAST_TEST_DEVICE=cpu "$PY" -m pytest -x -q -p no:cacheprovider tests/test_graphs.py

@@ -71,8 +71,15 @@ def graphs_hookimpl(fn):
     return hookimpl(specname="metacontrast_on_step_end")(lambda state: fn(state))
 
 
+# the speedrun calibration's model: two BatchNorm batches, SGD on every parameter, no BN in the
+# head, unnormalised pixels
+CALIBRATION = ["views=simclr_cifar", "trainer.forward_chunks=2", "optim=sgd", "optim.exclude_bias_and_norm=false",
+               "head.batchnorm=false", "data.mean=[0,0,0]", "data.std=[1,1,1]"]
+
+
 @pytest.mark.parametrize("method", [["views=simclr_cifar"], ["method=byol", "views=simclr_cifar"],
-                                    ["method=moco_v2", "views=moco_v2_cifar"]])
+                                    ["method=moco_v2", "views=moco_v2_cifar"], CALIBRATION],
+                         ids=["simclr", "byol", "moco_v2", "calibration"])
 def test_the_captured_step_trains_exactly_as_the_eager_loop(method, colour_npz, tmp_path, monkeypatch):
     overrides = [*method, "data=npz", f"data.root={colour_npz}"]
     eager, eager_losses = _train(overrides, tmp_path / "eager", False, monkeypatch)
