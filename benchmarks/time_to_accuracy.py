@@ -1,10 +1,11 @@
 """Time to accuracy of a run: its periodic evaluations against the training loop's wall-clock.
 
-Reads a run directory of ``experiment=cifar10_simclr_fast`` (or any run with periodic
+Reads a run directory of ``experiment=speedrun/simclr_knn85`` (or any run with periodic
 evaluations): the ``eval/`` rows of ``metrics.jsonl`` (epoch, step, wall-clock of the
-training loop, added up over resumes), and ``results.json``'s ``time_to_target`` when the
-run finished. A run stopped by a wall-clock cap (SIGTERM: checkpointed, resumable) is
-reported as far as it got. Prints the table and, with ``--write``, records it in
+training loop, added up over resumes; both kNN protocols where the run measured them),
+and ``results.json``'s ``time_to_target`` and ``schedule`` when the run finished. A run
+stopped by a wall-clock cap (SIGTERM: checkpointed, resumable) is reported as far as it
+got, and said to be cut before its schedule's end. Prints the table and, with ``--write``, records it in
 docs/benchmarks.md; ``--report DIR`` also writes ``metacontrast report``'s Markdown and
 plots (accuracy against wall-clock minutes) there.
 
@@ -21,7 +22,9 @@ from pathlib import Path
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from _report import machine, markdown_table, record
 
-DEFAULT_COMMAND = "metacontrast train experiment=cifar10_simclr_fast data.root=.cache/data"
+DEFAULT_COMMAND = "metacontrast train experiment=speedrun/simclr_knn85 data.root=.cache/data"
+# both kNN protocols, where a run measured them
+KNN_COLUMNS = (("knn_top1", "kNN k=200 weighted (%)"), ("knn_majority_top1", "kNN k=10 majority (%)"))
 
 
 def evaluations(run_dir: Path) -> list[dict]:
@@ -53,8 +56,12 @@ def main() -> None:
     args = p.parse_args()
     rows = evaluations(args.run_dir)
     key = f"eval/{args.metric}"
+    columns = [(m, title) for m, title in KNN_COLUMNS if any(f"eval/{m}" in r for r in rows)]
+    if args.metric not in dict(columns):
+        columns.append((args.metric, f"{args.metric} (%)"))
     table = [[str(r["epoch"]), str(r["step"]), f"{r.get('wall_clock_s', float('nan')) / 60:.2f}",
-              f"{100 * r[key]:.2f}"] for r in rows if key in r]
+              *(f"{100 * r[f'eval/{m}']:.2f}" if f"eval/{m}" in r else "–" for m, _ in columns)]
+             for r in rows if key in r]
     results_path = args.run_dir / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     target = results.get("time_to_target")
@@ -70,6 +77,12 @@ def main() -> None:
     else:
         verdict = "No periodic evaluation was reached."
     cap = f" Wall-clock cap {args.cap_s:.0f} s per call (resumed by calling again)." if args.cap_s else ""
+    if results.get("schedule"):
+        from metacontrast.report import schedule_text
+
+        schedule = f"Schedule: {schedule_text(results)}."
+    else:
+        schedule = "Schedule: not finished (no results.json): cut before its end by the cap."
     bank, test = _eval_sizes(args.run_dir, results)
     body = "\n".join([
         f"### Time to accuracy: {args.run_dir.name}",
@@ -77,13 +90,13 @@ def main() -> None:
         f"Command: `{args.command or DEFAULT_COMMAND}`.{cap}",
         "",
         f"Machine: {machine()}. {results.get('method', 'simclr')} / {results.get('encoder', 'resnet18')} on "
-        f"CIFAR-10 (JPEG q75 copy); kNN k = 200 with {bank} training images as the bank, {test} test "
+        f"CIFAR-10 (JPEG q75 copy); kNN with {bank} training images as the bank, {test} test "
         f"images; wall-clock of the training loop (steps, evaluations, checkpoints, compilation), added "
         f"up over resumes.",
         "",
-        markdown_table(["epoch", "step", "wall-clock (min)", f"{args.metric} (%)"], table) if table else "",
+        markdown_table(["epoch", "step", "wall-clock (min)", *(t for _, t in columns)], table) if table else "",
         "",
-        verdict,
+        f"{verdict} {schedule}",
     ])
     print(body)
     if args.report is not None:  # the plots also for a run stopped by its cap (no results.json yet)
