@@ -234,6 +234,7 @@ def describe(run_dir: Path, results: dict[str, Any] | None) -> dict[str, Any]:
         final = results["metrics"].get("pretrained", {})
         out.update({
             "minutes": round(results.get("train_loop_s", 0.0) / 60, 2),
+            "final_evaluation_s": results.get("final_evaluation_s"),
             "epochs": results.get("epochs"),
             "schedule": schedule_text(results),
             "schedule_completed": bool((results.get("schedule") or {}).get("completed")),
@@ -352,14 +353,16 @@ def ledger(entries: Sequence[dict[str, Any]]) -> str:
     """docs/speedrun.md's ledger: every attempt of every speedrun entry, oldest first, then
     each attempt's curve and command."""
     runs = sorted(_runs(entries, "speedrun"), key=lambda er: er[1].get("date", ""))
-    header = ["date", "device", "commit", "attempt", "minutes (training loop)", "schedule",
-              "kNN k=10 majority (%)", "kNN k=200 weighted (%)", "linear (%)", "target", "outcome"]
+    header = ["date", "device", "commit", "attempt", "minutes (training loop)", "final evaluation (s)",
+              "schedule", "kNN k=10 majority (%)", "kNN k=200 weighted (%)", "linear (%)", "target",
+              "outcome"]
     rows = [[r.get("date", "?"), r.get("device", "?"), f"`{r.get('commit', '?')}`",
              f"`{e['id']}`" + (f" ([curve]({r['plot']}))" if r.get("plot") else ""), _cell(r.get("minutes")),
+             _cell(r.get("final_evaluation_s")),
              r.get("schedule") or r.get("status", "?"), _cell(r.get("knn_majority_top1")),
              _cell(r.get("knn_top1")), _cell(r.get("linear_top1")), r.get("target", "–"),
              r.get("status", "?")] for e, r in runs]
-    lines = [markdown_table(header, rows or [["–"] * 3 + ["no GPU attempt recorded yet"] + ["–"] * 7])]
+    lines = [markdown_table(header, rows or [["–"] * 3 + ["no GPU attempt recorded yet"] + ["–"] * 8])]
     curves = [f"- `{e['id']}`, {r.get('date', '?')}: "
               + ", ".join(f"{c[0]}: {_cell(c[3])} / {_cell(c[2])} ({c[1]:.1f} min)" for c in r["curve"])
               for e, r in runs if r.get("curve")]

@@ -94,7 +94,8 @@ def main() -> None:
         f"images; wall-clock of the training loop (steps, evaluations, checkpoints, compilation), added "
         f"up over resumes.",
         "",
-        markdown_table(["epoch", "step", "wall-clock (min)", *(t for _, t in columns)], table) if table else "",
+        markdown_table(["epoch", "step", "wall-clock (min)", *(t for _, t in columns)], table)
+        if table else "",
         "",
         f"{verdict} {schedule}",
     ])

@@ -159,7 +159,7 @@ def test_the_dry_run_of_a_session_marks_its_entry_done_in_a_scratch_copy_of_the_
     entry shrunk; the checkout's queue and docs stay as they were."""
     before = {p: (REPO / p).read_bytes() for p in ("benchmarks/gpu_queue.yaml", "docs/speedrun.md",
                                                    "docs/experiments.md", "docs/benchmarks.md")}
-    done = subprocess.run(["bash", "benchmarks/gpu_session.sh", "--dry-run", "--next", "--budget-s", "45"],
+    done = subprocess.run(["bash", "benchmarks/gpu_session.sh", "--dry-run", "--next", "--budget-s", "75"],
                           cwd=REPO, env=dict(os.environ, OUT=str(tmp_path)), capture_output=True, text=True,
                           timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

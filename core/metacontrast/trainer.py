@@ -90,8 +90,10 @@ def _fit_in(cfg: DictConfig, plugins: PluginManager | None, run_dir: Path) -> di
     results: dict[str, Any] = {}
     if run.world.is_main:
         assert session is not None
+        evaluated = time.perf_counter()
         pretrained = (evaluate_encoder(run, run.model.encoder, project=True, label="the trained encoder")
                       if run.components.evaluators else {})
+        evaluated = time.perf_counter() - evaluated
         metrics = {"pretrained": pretrained}
         metrics.update(run.baseline_metrics)
         # the final evaluation competes with the periodic ones for "best"
@@ -99,6 +101,8 @@ def _fit_in(cfg: DictConfig, plugins: PluginManager | None, run_dir: Path) -> di
         update_best(run.best_metrics, final, epoch=run.position.epoch, step=run.position.step)
         results = describe_run(run, metrics, session.total_s())
         results["this_process_s"] = round(time.perf_counter() - started, 1)
+        # every evaluator on the trained encoder (and its 2-D projection), after the loop
+        results["final_evaluation_s"] = round(evaluated, 2)
         write_text_atomic(run.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
         if run.compile_watch is not None:
             report = run.compile_watch.report()
