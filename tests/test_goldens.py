@@ -10,7 +10,9 @@ On the machine that recorded them (``machine`` in the file: CPU model and torch 
 the values must be identical, bit for bit. Elsewhere, float32 kernels of another
 instruction set (AVX2 vs AVX-512) add in another order: steps then agree within 1e-4
 relative, and each accuracy within 0.01 (a test image or two whose nearest neighbours
-tie up to rounding).
+tie up to rounding). MetAug's step differentiates through its first gradient, which
+amplifies that reordering: its state digest agrees within 1e-3 (measured: 1.3e-4 between
+the recording Xeon and an AMD EPYC, both AVX-512, on the same commit).
 """
 
 from __future__ import annotations
@@ -30,10 +32,14 @@ def colour_data(tmp_path_factory):
     return record.colour_npz(tmp_path_factory.mktemp("goldens"))
 
 
+SECOND_ORDER = ("metaug", "metaug_only_oucl")
+
+
 @pytest.mark.parametrize("name", [*record.CASES, *record.TABLE_CASES])
 def test_the_first_two_steps_are_the_recorded_ones(name, colour_data, tmp_path):
     measured = record.first_two_steps(record.case_overrides(name, colour_data), tmp_path)
-    diff = record.differences(RECORDED["steps"][name], measured, name, rel=0.0 if SAME_MACHINE else 1e-4)
+    rel = 0.0 if SAME_MACHINE else 1e-3 if name in SECOND_ORDER else 1e-4
+    diff = record.differences(RECORDED["steps"][name], measured, name, rel=rel)
     assert diff == [], "\n".join(diff)
 
 
