@@ -12,7 +12,7 @@ docs/speedrun.md and the table of docs/experiments.md are written from them, so 
 queue file is the one record of every GPU attempt.
 
     benchmarks/gpu_queue.py list                       what is pending, with its minutes
-    benchmarks/gpu_queue.py next --budget-s 420        run the first entries that fit
+    benchmarks/gpu_queue.py next --budget-s 480        run the first entries that fit
     benchmarks/gpu_queue.py next --budget-s 60 --dry-run --out DIR
                                                        the same path on the CPU, shrunk, on
                                                        scratch copies of the queue and docs
@@ -123,18 +123,18 @@ def needed_s(entry: dict[str, Any], dry: bool) -> float:
 
 def plan(entries: Sequence[dict[str, Any]], budget_s: float, dry: bool = False) -> list[str]:
     """The ids of the entries to run in a call of ``budget_s`` seconds, in queue order:
-    every pending or partial entry that fits in what is left, and a training run that no
-    call can hold (more than ``MAX_CALL_S``) capped at what is left when at least
-    ``MIN_PARTIAL_S`` is (it checkpoints and resumes in the next call)."""
+    every pending or partial entry that fits in what is left; and the head of the queue,
+    when it is a training run that no call can hold (more than ``MAX_CALL_S``), capped at
+    what is left if at least ``MIN_PARTIAL_S`` is (it checkpoints and resumes in the next
+    call). A long run further down waits until the entries before it are done."""
     chosen, left = [], float(budget_s)
-    for e in entries:
-        if e["status"] not in ("pending", "partial"):
-            continue
+    waiting = [e for e in entries if e["status"] in ("pending", "partial")]
+    for n, e in enumerate(waiting):
         need = needed_s(e, dry)
         if need <= left:
             chosen.append(e["id"])
             left -= need
-        elif e["kind"] == "train" and need > MAX_CALL_S and left >= MIN_PARTIAL_S and not dry:
+        elif n == 0 and e["kind"] == "train" and need > MAX_CALL_S and left >= MIN_PARTIAL_S and not dry:
             chosen.append(e["id"])
             left = 0.0
     return chosen

@@ -9,7 +9,7 @@
 # under the same paths with the curves and the log. A second call while the machine is warm
 # resumes a run the first one capped. --dry-run --next: the same path on the CPU, every entry
 # shrunk, on scratch copies of the queue and docs in $OUT (about a minute).
-#   benchmarks/gpu_session.sh --next --budget-s 420     there (device tool: carry .whl and .gpu)
+#   benchmarks/gpu_session.sh --next --budget-s 540     there (device tool: carry .whl and .gpu)
 #   benchmarks/gpu_session.sh --dry-run --next          here
 #
 # Without --next, every GPU table of docs/benchmarks.md in about 9 minutes (--budget-s):

@@ -72,7 +72,7 @@ def test_hydra_searchpath_is_honoured(tmp_path, capsys):
 
 
 # groups a user adds to a method (+group=option) rather than changes
-APPENDED = ("aux", "mix", "task_aug", "teacher")
+APPENDED = ("aux", "mix", "recipe", "task_aug", "teacher")
 
 
 @pytest.mark.parametrize("group", config_groups())

@@ -33,10 +33,12 @@ def test_a_call_runs_the_first_entries_that_fit_in_queue_order():
     # 520 s: a (3 min + 10% + start-up: 243 s), then big (507 s) does not fit in what is left
     # but b (177 s) and the command (81 s) do; c no longer does
     assert gpu_queue.plan(entries, 520) == ["a", "b", "cmd"]
-    # a run no call can hold (11 minutes) is capped at what is left when that is worth it
+    # a run no call can hold (11 minutes) at the head of the queue is capped at what is left
+    # when that is worth it; further down it waits for the entries before it
     long = [_entry("long", 11), _entry("small", 1)]
     assert gpu_queue.plan(long, 500) == ["long"]
     assert gpu_queue.plan(long, 200) == ["small"]  # too little left to start it
+    assert gpu_queue.plan([_entry("first", 6), *long], 300) == ["small"]
     # a partial entry needs only what is left of it
     half = _entry("half", 8, status="partial", partial={"run_dir": "/x", "fraction": 0.5})
     assert gpu_queue.plan([half], 330) == ["half"]

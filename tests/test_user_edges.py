@@ -27,7 +27,7 @@ def test_a_run_announces_its_phases_and_why_it_chose_its_precision(tmp_path, cap
                   "evaluating baseline random_init: linear (2/2)", "evaluating baseline raw_pixels: knn (1/2)",
                   "evaluating the trained encoder: linear (2/2)"):
         assert f"metacontrast: {phase} ..." in out.err and f"{phase}: done in " in out.err, phase
-    assert out.out.startswith(f"run        {tmp_path / 'run'}") and "knn_top1     knn (k=5, temperature=0.1)" in out.out
+    assert out.out.startswith(f"run        {tmp_path / 'run'}") and "knn_top1     knn (k=5, vote=weighted, temperature=0.1)" in out.out
     assert main(["train", *TINY, "trainer.progress=false", f"trainer.run_dir={tmp_path / 'quiet'}"]) == 0
     assert "metacontrast:" not in capsys.readouterr().err
 
