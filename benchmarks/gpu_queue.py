@@ -161,19 +161,20 @@ def git_changed(since: str, paths: list[str]) -> bool:
 
 
 def current_commit() -> str:
-    """The commit the session runs: ``.gpu/commit`` (written by gpu_prepare.sh, the GPU
-    machine has no .git), else git's HEAD, with ``+`` when the tree has changes."""
+    """The commit the session runs: git's HEAD, with ``+`` when the tracked files differ
+    from it; on the GPU machine, which gets the working tree without .git, the one
+    gpu_prepare.sh wrote into ``.gpu/commit``."""
+    if (REPO / ".git").exists():
+        try:
+            head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                  text=True, check=True).stdout.strip()
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                                   capture_output=True, text=True).stdout.strip()
+            return head + ("+" if dirty else "")
+        except (OSError, subprocess.CalledProcessError):
+            pass
     marker = REPO / ".gpu" / "commit"
-    if marker.is_file():
-        return marker.read_text().strip()
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True).stdout.strip()
-        return head + ("+" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    return marker.read_text().strip() if marker.is_file() else "unknown"
 
 
 # --- running an entry -----------------------------------------------------------------------

@@ -275,9 +275,10 @@ def test_a_time_limit_ends_the_loop_and_results_say_the_schedule_did_not_complet
     """``trainer.time_limit_s`` ends the loop at a step boundary; the run is evaluated and
     finished as usual, and results.json, the summary and the report say why it ended.
     The checkpoint remembers the early end, so resuming it takes no further step."""
+    from metacontrast.metrics import MetricsLogger
     from metacontrast.report import write_report
     from metacontrast.summary import summary_lines
-    from metacontrast.trainer import load_resume_checkpoint, restore
+    from metacontrast.trainer import load_resume_checkpoint, restore, train_steps
 
     run_dir = tmp_path / "run"
     overrides = [*TINY, "trainer.max_steps=0", "trainer.epochs=3", "data.train_subset=64",
@@ -291,6 +292,11 @@ def test_a_time_limit_ends_the_loop_and_results_say_the_schedule_did_not_complet
     run = setup(compose_config([*overrides, "trainer.resume=auto"]))
     restore(run, *load_resume_checkpoint(run))
     assert (run.ended_by, run.total_steps, run.schedule_steps) == ("time_limit", 1, 12)
+    # a checkpoint from before the early end (a run stopped by a signal) whose time has run out
+    run.ended_by, run.total_steps, run.position.step = None, 12, 0
+    train_steps(run, MetricsLogger(run_dir, enabled=False, total_steps=12, initial_step=0, progress=False,
+                                   tensorboard=False))
+    assert (run.position.step, run.ended_by) == (0, "time_limit")
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

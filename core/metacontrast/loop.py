@@ -275,6 +275,8 @@ def train_steps(run: Run, logger: MetricsLogger, stop: StopSignals | None = None
     health = StepHealth()
     graphed = GraphedStep(run, step_fn) if t.cuda_graphs else None
     run.clock = (time.perf_counter(), run.elapsed_s)
+    if time_limit and distributed.any_rank(run.elapsed_s >= time_limit):
+        end_early(run, "time_limit")  # resumed after its time ran out: no further step
     while pos.step < run.total_steps:
         terms: LossTerms | None = None
         for batch_index, batch in _epoch_batches(run, batches_per_epoch):
