@@ -180,6 +180,13 @@ def _stop_if_requested(run: Run, stop: StopSignals) -> None:
                         checkpoint_path(run.run_dir / "checkpoints", run.position.step))
 
 
+def _end_if_out_of_time(run: Run, time_limit: float) -> None:
+    """``trainer.time_limit_s`` (0: none): end the loop here once any rank's training loop
+    has run that long (a host-side collective, only when a limit is set)."""
+    if time_limit and distributed.any_rank(run.elapsed_s >= time_limit):
+        end_early(run, "time_limit")
+
+
 def no_phase(name: str) -> contextlib.AbstractContextManager:
     """The default ``phase`` of the step functions: no instrumentation."""
     return contextlib.nullcontext()
@@ -275,8 +282,7 @@ def train_steps(run: Run, logger: MetricsLogger, stop: StopSignals | None = None
     health = StepHealth()
     graphed = GraphedStep(run, step_fn) if t.cuda_graphs else None
     run.clock = (time.perf_counter(), run.elapsed_s)
-    if time_limit and distributed.any_rank(run.elapsed_s >= time_limit):
-        end_early(run, "time_limit")  # resumed after its time ran out: no further step
+    _end_if_out_of_time(run, time_limit)  # resumed after its time ran out: no further step
     while pos.step < run.total_steps:
         terms: LossTerms | None = None
         for batch_index, batch in _epoch_batches(run, batches_per_epoch):
@@ -297,8 +303,7 @@ def train_steps(run: Run, logger: MetricsLogger, stop: StopSignals | None = None
             pos.step += 1
             pos.batch = batch_index + 1
             tick(run)
-            if time_limit and distributed.any_rank(run.elapsed_s >= time_limit):
-                end_early(run, "time_limit")  # this step is the last: logged, checkpointed
+            _end_if_out_of_time(run, time_limit)  # then this step is the last: logged, checkpointed
             run.plugins.hooks.hook.metacontrast_on_step_end(
                 state=StepState(step=pos.step, epoch=pos.epoch, terms=terms.detached(), model=run.model))
             logger.advance()
