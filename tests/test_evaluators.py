@@ -84,6 +84,10 @@ def test_majority_knn_agrees_with_scikit_learn_cosine_knn_including_ties():
     assert metrics["knn_majority_top1"] == pytest.approx(sk.score(test_x.numpy(), test_y.numpy()), abs=1e-6)
 
 
-def test_a_vote_that_does_not_exist_is_named():
-    with pytest.raises(ValueError, match="eval.knn.vote: unknown 'plurality'; available: weighted, majority"):
+def test_a_vote_that_does_not_exist_is_named(capsys):
+    with pytest.raises(ValueError, match="vote: unknown 'plurality'; available: weighted, majority"):
         KNNConfig(vote="plurality")
+    from metacontrast.cli import main
+
+    assert main(["config", "eval=[knn_majority]", "eval.knn_majority.vote=plural"]) == 2
+    assert "eval.knn_majority: vote: unknown 'plural'" in capsys.readouterr().err  # its own section

@@ -40,12 +40,13 @@ class KNNConfig:
     chunk: int = 1024
 
     def __attrs_post_init__(self) -> None:
+        # the builder names the section (eval.knn, eval.knn_majority, ...) before these
         if self.k < 1:
-            raise ValueError(f"eval.knn.k must be >= 1, got {self.k}")
+            raise ValueError(f"k must be >= 1, got {self.k}")
         if self.temperature <= 0:
-            raise ValueError(f"eval.knn.temperature must be > 0, got {self.temperature}")
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.vote not in VOTES:
-            raise ValueError(f"eval.knn.vote: unknown {self.vote!r}; available: {', '.join(VOTES)}")
+            raise ValueError(f"vote: unknown {self.vote!r}; available: {', '.join(VOTES)}")
 
 
 def knn_votes(sim: Tensor, idx: Tensor, train_y: Tensor, *, temperature: float,
