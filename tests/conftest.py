@@ -133,3 +133,43 @@ def interrupt_at(step: int):
             raise Interrupted(f"stopped at step {step}")
 
     return as_module(f"interrupt_at_{step}", metacontrast_on_step_end=metacontrast_on_step_end)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):
+    """A real 4 MiB tmpfs (a disk that fills up), where this machine lets the tests mount
+    one (as root); skipped elsewhere, where the simulated full disk still runs."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root; the simulated full disk covers this")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def fail_with_enospc(monkeypatch: pytest.MonkeyPatch, module) -> None:
+    """Make the temporary files ``module`` writes (through ``tempfile.mkstemp``) go to
+    ``/dev/full``: every write fails as on a full disk (the kernel's own ``ENOSPC``);
+    nothing else is mocked, other modules write as before."""
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def on_full_device(*args, **kwargs):
+        fd, name = real(*args, **kwargs)
+        full = os.open("/dev/full", os.O_WRONLY)
+        os.dup2(full, fd)
+        os.close(full)
+        return fd, name
+
+    import types
+
+    monkeypatch.setattr(module, "tempfile", types.SimpleNamespace(mkstemp=on_full_device))

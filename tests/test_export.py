@@ -21,7 +21,7 @@ from metacontrast.cli import main
 from metacontrast.config import from_yaml
 from metacontrast.trainer import setup
 
-from .conftest import TINY
+from .conftest import TINY, fail_with_enospc
 
 QUICK = [*TINY, "evaluation.baselines=[]"]
 
@@ -153,3 +153,79 @@ def test_any_torchvision_backbone_exports_with_its_classifier_replaced(tmp_path_
     x = _images(built.data)  # grey (N, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(x.expand(-1, 3, -1, -1)), encoder(x), rtol=1e-5, atol=1e-5)
+
+
+def test_export_never_writes_over_its_source_a_runs_checkpoint_or_an_existing_file(resnet_run, tmp_path, capsys):
+    checkpoint, _, _ = resnet_run
+    before = checkpoint.read_bytes()
+    for extra in ([], ["overwrite=true"]):
+        assert main(["export", f"checkpoint={checkpoint}", "format=state_dict", f"out={checkpoint}", *extra]) == 2
+        assert "that is the checkpoint being exported; export never writes over its source" in capsys.readouterr().err
+    sibling = checkpoint.with_name("step-000000001.pt")
+    assert main(["export", f"checkpoint={checkpoint}", "format=state_dict", f"out={sibling}",
+                 "overwrite=true"]) == 2
+    assert "a run's checkpoints/ directory holds its training checkpoints" in capsys.readouterr().err
+    assert checkpoint.read_bytes() == before and not sibling.exists()
+    assert not checkpoint.with_name(checkpoint.name + ".json").exists()
+    load_safe(checkpoint)  # still the training checkpoint
+
+    mine = tmp_path / "mine.pt"
+    mine.write_bytes(b"the user's own file")
+    assert main(["export", f"checkpoint={checkpoint}", "format=torchvision", f"out={mine}"]) == 2
+    err = capsys.readouterr().err
+    assert f"{mine} exists; export never writes over a file unless asked" in err and "overwrite=true" in err
+    assert mine.read_bytes() == b"the user's own file" and not (tmp_path / "mine.pt.json").exists()
+    assert main(["export", f"checkpoint={checkpoint}", "format=torchvision", f"out={mine}", "overwrite=true"]) == 0
+    capsys.readouterr()
+    model = metacontrast.load_encoder(mine)  # the advice works: the pair is there, whole
+    assert model.fc.__class__.__name__ == "Identity"
+    assert main(["export", f"checkpoint={checkpoint}", "format=torchvision", f"out={mine}", "overwrite=yes"]) == 2
+    assert "overwrite='yes'; it is true or false" in capsys.readouterr().err
+
+
+def test_export_to_a_directory_is_refused_and_leaves_nothing(resnet_run, tmp_path, capsys):
+    checkpoint, _, _ = resnet_run
+    assert main(["export", f"checkpoint={checkpoint}", "format=timm", f"out={tmp_path}"]) == 2
+    assert f"{tmp_path} is a directory; give the file to write, e.g. out={tmp_path / 'encoder.pt'}" in (
+        capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_during_export_leaves_neither_file(resnet_run, tmp_path, capsys, monkeypatch):
+    """Simulated with /dev/full (the kernel's own ENOSPC on every write)."""
+    checkpoint, _, _ = resnet_run
+    import metacontrast.checkpoint as checkpoint_module
+
+    fail_with_enospc(monkeypatch, checkpoint_module)
+    out = tmp_path / "r18.pt"
+    assert main(["export", f"checkpoint={checkpoint}", "format=torchvision", f"out={out}"]) == 1
+    err = capsys.readouterr().err
+    assert f"could not write encoder weights {out}: No space left on device" in err
+    assert "Traceback" not in err and list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_rename_of_the_description_takes_the_weights_back_out(resnet_run, tmp_path, capsys, monkeypatch):
+    checkpoint, _, _ = resnet_run
+    real, calls = metacontrast.export.os.replace, []
+
+    def second_rename_fails(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(30, "Read-only file system", str(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(metacontrast.export.os, "replace", second_rename_fails)
+    out = tmp_path / "r18.pt"
+    assert main(["export", f"checkpoint={checkpoint}", "format=torchvision", f"out={out}"]) == 1
+    assert "Read-only file system; nothing of it was left" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_on_a_real_full_disk_says_so_and_leaves_nothing(resnet_run, small_tmpfs, capsys):
+    """A 4 MiB tmpfs and a 45 MB ResNet-18: the kernel's ENOSPC, reported as such."""
+    checkpoint, _, _ = resnet_run
+    out = small_tmpfs / "r18.pt"
+    assert main(["export", f"checkpoint={checkpoint}", "format=torchvision", f"out={out}"]) == 1
+    err = capsys.readouterr().err
+    assert f"could not write encoder weights {out}: No space left on device" in err
+    assert list(small_tmpfs.iterdir()) == []

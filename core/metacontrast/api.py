@@ -50,9 +50,11 @@ def train(cfg: DictConfig | Sequence[str] = ()) -> Path:
     return Path(results["run_dir"])
 
 
-def export_encoder(run_dir_or_checkpoint: str | Path, fmt: str, out: str | Path) -> Path:
+def export_encoder(run_dir_or_checkpoint: str | Path, fmt: str, out: str | Path,
+                   overwrite: bool = False) -> Path:
     """Export the encoder of a checkpoint (or of a run directory's last checkpoint) as
-    ``fmt`` (``torchvision``, ``timm``, ``state_dict``) to ``out``; returns ``out``."""
+    ``fmt`` (``torchvision``, ``timm``, ``state_dict``) to ``out``; returns ``out``. An
+    existing ``out`` is refused unless ``overwrite``."""
     from metacontrast.export import write_export
 
-    return write_export(Path(run_dir_or_checkpoint), fmt, Path(out)).weights
+    return write_export(Path(run_dir_or_checkpoint), fmt, Path(out), overwrite=overwrite).weights

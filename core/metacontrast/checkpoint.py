@@ -32,33 +32,89 @@ class CheckpointWriteError(CheckpointError):
     exit_code = 1
 
 
+class _RecordingWriter:
+    """A binary file that keeps the operating-system error of a failed write: torch's
+    serializer turns it into ``RuntimeError: [enforce fail ...] unexpected pos``, which says
+    nothing of the disk being full; ``save_atomic`` reports the recorded error instead."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.file.flush()
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+
+def _os_cause(err: BaseException, writer: _RecordingWriter | None) -> BaseException:
+    """The operating-system error behind ``err`` where a write recorded one."""
+    if writer is not None and writer.error is not None and not isinstance(err, OSError):
+        return writer.error
+    return err
+
+
+def write_temporary(payload: dict[str, Any], path: Path, what: str = "checkpoint") -> Path:
+    """Write ``payload`` to a new temporary file beside ``path`` (flushed and fsynced) and
+    return it; the caller renames it into place. On failure nothing remains and
+    ``CheckpointError`` names ``what`` was being written and ``path``
+    (``CheckpointWriteError``, exit status 1, when the operating system refused: the
+    message is its own, e.g. "No space left on device")."""
+    path = Path(path)
+    tmp_name = None
+    writer = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            writer = _RecordingWriter(f)
+            torch.save(payload, writer)
+            writer.flush()
+            os.fsync(f.fileno())
+        written, tmp_name = Path(tmp_name), None
+        return written
+    except Exception as raised:
+        err = _os_cause(raised, writer)
+        if isinstance(err, OSError):
+            cause = err.strerror or str(err)
+            raise CheckpointWriteError(f"could not write {what} {path}: {cause}") from raised
+        raise CheckpointError(f"could not write {what} {path}: {type(err).__name__}: {err}") from raised
+    finally:
+        if tmp_name is not None and os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+
+
+def sync_directory(directory: Path) -> None:
+    """Make the renames in ``directory`` durable."""
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def save_atomic(payload: dict[str, Any], path: Path, what: str = "checkpoint") -> None:
     """Write ``payload`` to ``path`` atomically. On failure the previous file at ``path``
     is untouched, no temporary file remains, and ``CheckpointError`` names ``what`` was
     being written and the path (``CheckpointWriteError``, exit status 1, when the
     operating system refused)."""
     path = Path(path)
-    tmp_name = None
+    tmp = write_temporary(payload, path, what)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-        tmp_name = None
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except Exception as err:
-        kind = CheckpointWriteError if isinstance(err, OSError) else CheckpointError
-        raise kind(f"could not write {what} {path}: {type(err).__name__}: {err}") from err
-    finally:
-        if tmp_name is not None and os.path.exists(tmp_name):
-            os.unlink(tmp_name)
+        os.replace(tmp, path)
+        sync_directory(path.parent)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointWriteError(f"could not write {what} {path}: {err.strerror or err}") from err
 
 
 def load_safe(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -93,11 +149,30 @@ def list_checkpoints(directory: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def prune(directory: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints (``keep <= 0`` keeps all)."""
+def latest_checkpoint(path: Path) -> Path:
+    """``path`` itself when it is not a directory; for a run directory its newest checkpoint
+    (``checkpoints/step-*.pt``)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    found = list_checkpoints(path / "checkpoints")
+    if not found:
+        raise CheckpointError(f"{path}: a directory without checkpoints/step-*.pt; give a checkpoint file "
+                              f"or a run directory")
+    return found[-1]
+
+
+def prune(directory: Path, keep: int, written: Path | None = None) -> None:
+    """Delete all but the newest ``keep`` checkpoints (``keep <= 0`` keeps all). ``written``,
+    the checkpoint just written, is never deleted and counts as one of the kept, whatever
+    its step beside the directory's others."""
     if keep <= 0:
         return
-    for p in list_checkpoints(directory)[:-keep]:
+    found = list_checkpoints(directory)
+    if written is not None:
+        written = Path(directory) / Path(written).name
+        found = [p for p in found if p != written] + [written]
+    for p in found[:-keep]:
         p.unlink(missing_ok=True)
 
 

@@ -39,6 +39,7 @@ The options of every config group (what goes after group=): metacontrast plugins
 The composed config, without training: metacontrast config [key=value ...].""",
     "eval": """examples:
   metacontrast eval checkpoint=runs/X/checkpoints/step-000000100.pt
+  metacontrast eval checkpoint=runs/X                  a run directory: its newest checkpoint
   metacontrast eval checkpoint=PATH eval=[linear] eval.linear.epochs=200""",
     "export": """formats:
   torchvision  a state_dict for the torchvision model of the same architecture
@@ -46,6 +47,8 @@ The composed config, without training: metacontrast config [key=value ...].""",
   state_dict   the encoder module as metacontrast builds it (any encoder)
 Beside OUT, OUT.json says how to build the model (stem changes, the classifier's
 replacement) and how to normalise its input; metacontrast.load_encoder(OUT) does it.
+Both are written or neither. An existing OUT is refused unless overwrite=true; the
+checkpoint being exported and a run's checkpoints are never written over.
 
 examples:
   metacontrast export checkpoint=runs/X/checkpoints/step-000000100.pt format=torchvision out=r18.pt
@@ -96,10 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="one run per combination of the swept values (as `metacontrast multirun`)")
     train.add_argument("--dir", help="with -m: the sweep directory")
     _add(sub, "eval", "evaluate a checkpoint's encoder",
-         overrides="checkpoint=PATH (required), then overrides of the stored config")
+         overrides="checkpoint=PATH (required: a file, or a run directory: its newest checkpoint), "
+                   "then overrides of the stored config")
     _add(sub, "export", "write a checkpoint's encoder as a torchvision, timm or plain state_dict",
          overrides="checkpoint=PATH (a file, or a run directory: its last checkpoint) "
-                   "format=torchvision|timm|state_dict out=FILE")
+                   "format=torchvision|timm|state_dict out=FILE [overwrite=true]")
     _add(sub, "plugins", "list plugins, their components and the config options")
     _add(sub, "config", "print the composed config", overrides="hydra overrides, as for train")
     multirun = _add(sub, "multirun", "one train per combination of the swept values",
@@ -230,15 +234,19 @@ def _eval(ns: argparse.Namespace) -> int:
 def _export(ns: argparse.Namespace) -> int:
     from metacontrast.export import FORMATS, write_export
 
-    found, rest = _key_values(ns.overrides, "export", ("checkpoint", "format", "out"))
+    found, rest = _key_values(ns.overrides, "export", ("checkpoint", "format", "out", "overwrite"))
     if rest:
         raise UsageError(f"metacontrast export: unknown argument {rest[0]!r}; it takes checkpoint=PATH "
-                         f"format={'|'.join(FORMATS)} out=FILE")
+                         f"format={'|'.join(FORMATS)} out=FILE [overwrite=true]")
+    overwrite = found.get("overwrite", "false").lower()
+    if overwrite not in ("true", "false"):
+        raise UsageError(f"metacontrast export: overwrite={found['overwrite']!r}; it is true or false")
     missing = [k for k in ("checkpoint", "format", "out") if not found.get(k)]
     if missing:
         raise UsageError(f"metacontrast export: needs {' '.join(k + '=...' for k in missing)} "
                          f"(see metacontrast export --help)")
-    written = write_export(Path(found["checkpoint"]), found["format"], Path(found["out"]))
+    written = write_export(Path(found["checkpoint"]), found["format"], Path(found["out"]),
+                           overwrite=overwrite == "true")
     print(written.describe())
     return 0
 

@@ -9,12 +9,18 @@ encoder was trained on (channels, size, normalisation). Before anything is writt
 library's model is built from that description, loaded with ``strict=True`` and checked
 to give the encoder's features on random images.
 
+The pair is written whole or not at all: both files go to temporary names first and are
+renamed into place together. Export never writes over its own source, a run's
+checkpoints, or (unless ``overwrite=True``) any file that exists.
+
 ``load_encoder(out)`` does the same building and returns the model in eval mode.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +28,16 @@ import attrs
 import torch
 from torch import nn
 
-from metacontrast.checkpoint import CheckpointError, load_safe, save_atomic
+from metacontrast.checkpoint import (
+    CHECKPOINT_PATTERN,
+    CheckpointError,
+    CheckpointWriteError,
+    latest_checkpoint,
+    load_safe,
+    sync_directory,
+    write_temporary,
+)
 from metacontrast.config import ConfigError
-from metacontrast.run_dirs import write_text_atomic
 
 FORMATS = ("torchvision", "timm", "state_dict")
 EXPORT_VERSION = 1
@@ -33,6 +46,63 @@ _REPLACEMENTS = {"Identity": nn.Identity, "Conv2d": nn.Conv2d}
 
 class ExportError(CheckpointError):
     """The export cannot be written or read back; the message names the file or setting."""
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_destination(out: Path, checkpoint: Path, overwrite: bool) -> None:
+    """Refuse an ``out`` that would lose something: the checkpoint being exported, a run's
+    checkpoint, a directory, or (without ``overwrite``) any file that exists."""
+    meta = _metadata_path(out)
+    for target in (out, meta):
+        if _same_file(target, checkpoint):
+            raise ExportError(f"out={out}: that is the checkpoint being exported; export never writes "
+                              f"over its source: give another out=")
+    if CHECKPOINT_PATTERN.match(out.name) and out.parent.name == "checkpoints":
+        raise ExportError(f"out={out}: a run's checkpoints/ directory holds its training checkpoints; "
+                          f"export never writes there: give another out=")
+    for target in (out, meta):
+        if target.is_dir():
+            raise ExportError(f"out={out}: {target} is a directory; give the file to write, e.g. "
+                              f"out={out / 'encoder.pt'}")
+    existing = [p for p in (out, meta) if p.exists()]
+    if existing and not overwrite:
+        raise ExportError(f"out={out}: {existing[0]} exists; export never writes over a file unless asked: "
+                          f"give another out=, or add overwrite=true to replace it")
+
+
+def _write_pair(state: dict[str, Any], meta_text: str, out: Path) -> None:
+    """``out`` (the weights) and ``out.json`` whole or not at all: both written to temporary
+    files first (where a full disk fails), then renamed into place."""
+    meta_path = _metadata_path(out)
+    weights_tmp = write_temporary(state, out, what="encoder weights")
+    text_tmp = None
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{meta_path.name}.", suffix=".tmp", dir=out.parent)
+        text_tmp = Path(name)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(meta_text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(weights_tmp, out)
+        try:
+            os.replace(text_tmp, meta_path)
+        except OSError:
+            out.unlink(missing_ok=True)
+            raise
+        sync_directory(out.parent)
+    except OSError as err:
+        raise CheckpointWriteError(f"could not write the export {out} and {meta_path.name}: "
+                                   f"{err.strerror or err}; nothing of it was left") from err
+    finally:
+        weights_tmp.unlink(missing_ok=True)
+        if text_tmp is not None:
+            text_tmp.unlink(missing_ok=True)
 
 
 @attrs.frozen
@@ -180,25 +250,14 @@ def _check_same_features(encoder: nn.Module, model: nn.Module, facts: dict[str, 
     return diff
 
 
-def latest_checkpoint(path: Path) -> Path:
-    """``path`` itself, or for a run directory its last checkpoint."""
-    if not path.is_dir():
-        return path
-    from metacontrast.checkpoint import list_checkpoints
-
-    found = list_checkpoints(path / "checkpoints")
-    if not found:
-        raise ExportError(f"{path}: a directory without checkpoints/step-*.pt; give a checkpoint file "
-                          f"or a run directory")
-    return found[-1]
-
-
-def write_export(checkpoint: Path, fmt: str, out: Path) -> ExportedEncoder:
+def write_export(checkpoint: Path, fmt: str, out: Path, overwrite: bool = False) -> ExportedEncoder:
     """Write the encoder of ``checkpoint`` (a file, or a run directory: its last one) to
-    ``out`` (a ``state_dict``) and ``out.json``."""
+    ``out`` (a ``state_dict``) and ``out.json``, both or neither. An existing ``out`` is
+    refused unless ``overwrite``; the source checkpoint and a run's checkpoints always."""
     if fmt not in FORMATS:
         raise ConfigError(f"format: {fmt!r} is not a format; choose one of {', '.join(FORMATS)}")
     checkpoint, out = latest_checkpoint(Path(checkpoint)), Path(out)
+    check_destination(out, checkpoint, overwrite)
     encoder, info, cfg = _checkpoint_encoder(checkpoint)
     facts = info["facts"]
     meta: dict[str, Any] = {"metacontrast_export": EXPORT_VERSION, "format": fmt,
@@ -237,9 +296,11 @@ def write_export(checkpoint: Path, fmt: str, out: Path) -> ExportedEncoder:
                      "images": 4}
     meta["load"] = _load_snippet(meta, out)
     state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(_metadata_path(out), json.dumps(meta, indent=2) + "\n")
-    save_atomic(state, out, what="encoder weights")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CheckpointWriteError(f"out={out}: cannot make {out.parent}: {err.strerror or err}") from None
+    _write_pair(state, json.dumps(meta, indent=2) + "\n", out)
     return ExportedEncoder(weights=out, metadata=meta)
 
 

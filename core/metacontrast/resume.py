@@ -104,7 +104,7 @@ def save_checkpoint(run: Run) -> Path | None:
     path = checkpoint_path(run.run_dir / "checkpoints", run.position.step)
     if run.world.is_main:
         save_atomic(payload, path)
-        prune(run.run_dir / "checkpoints", int(run.cfg.trainer.keep_checkpoints))
+        prune(run.run_dir / "checkpoints", int(run.cfg.trainer.keep_checkpoints), written=path)
     run.last_saved_step = run.position.step
     distributed.barrier()
     return path if run.world.is_main else None

@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from metacontrast import distributed
-from metacontrast.checkpoint import CheckpointError, load_safe
+from metacontrast.checkpoint import CheckpointError, latest_checkpoint, load_safe
 from metacontrast.config import ConfigError, from_yaml, to_yaml
 from metacontrast.evaluation import update_best
 from metacontrast.loop import forward_backward, settle_step, take_step, train_steps, update_after_backward
@@ -123,8 +123,9 @@ def evaluate_checkpoint(path: Path, overrides: list[str],
     ``results.json`` into ``<run_dir>/eval/`` (or ``trainer.run_dir`` when overridden).
     The baselines stored with the checkpoint are reused only when the evaluation settings
     are the ones they were measured with; otherwise they are measured again, so every
-    metric of ``results.json`` comes from the settings it states."""
-    path = Path(path)
+    metric of ``results.json`` comes from the settings it states. ``path`` may be a run
+    directory: its newest checkpoint."""
+    path = latest_checkpoint(Path(path))
     payload = load_safe(path)
     stored = from_yaml(payload["config"])
     plugins = plugins or PluginManager(autoload=stored.plugins.autoload, block=stored.plugins.block)
