@@ -16,11 +16,12 @@ import pytest
 import torch
 
 from metacontrast import cli, trainer
-from metacontrast.checkpoint import list_checkpoints, load_safe
+from metacontrast.checkpoint import checkpoint_path, list_checkpoints, load_safe, prune
+from metacontrast.plugins import PluginManager
 from metacontrast.config import compose_config
 from metacontrast.run_dirs import RunDirError, RunLock, config_digest, cut_metrics, unfinished_run
 
-from .conftest import TINY
+from .conftest import TINY, Interrupted, fail_with_enospc, interrupt_at
 from .launch import HANG_GUARD_S, cli_command, fault_env
 
 # TINY minus its resume=never: these runs resume as a user's would
@@ -226,6 +227,11 @@ def test_eval_with_other_settings_measures_the_baselines_with_them(tmp_path):
     checkpoint = list_checkpoints(run_dir / "checkpoints")[-1]
     same = trainer.evaluate_checkpoint(checkpoint, [])
     assert same["baselines_from"] == "checkpoint"
+    # a run directory stands for its newest checkpoint, as for export
+    assert cli.main(["eval", f"checkpoint={run_dir}"]) == 0
+    by_dir = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert by_dir["metrics"] == same["metrics"] and by_dir["checkpoint"] == str(checkpoint)
+    assert cli.main(["eval", f"checkpoint={tmp_path}"]) == 2
     assert same["metrics"]["random_init"] == trained["metrics"]["random_init"]
     changed = trainer.evaluate_checkpoint(checkpoint, ["eval.knn.k=1"])
     assert changed["baselines_from"] == "measured now" and changed["protocols"]["knn"]["k"] == 1
@@ -259,3 +265,83 @@ def test_the_lock_holder_removes_temporaries_a_killed_writer_left(tmp_path):
         assert run_dir == tmp_path
         assert not any(p.exists() for p in stale) and kept.read_bytes() == b"whole"
 
+
+
+def _files(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in run_dir.rglob("*")
+            if p.is_file() and p.name != ".lock"}
+
+
+def test_resume_never_starts_a_new_directory_and_never_writes_into_an_existing_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    command = [*RESUMING, "trainer.max_steps=6", "trainer.checkpoint_every=2", "trainer.log_every=1",
+               "evaluation.baselines=[]"]
+    with pytest.raises(Interrupted):
+        trainer.fit(compose_config(command), PluginManager(extra=[interrupt_at(3)]))
+    (unfinished,) = (tmp_path / "runs").iterdir()
+    before = _files(unfinished)
+    fresh = trainer.fit(compose_config([*command, "trainer.resume=never"]))
+    assert Path(fresh["run_dir"]).resolve() != unfinished.resolve() and fresh["steps"] == 6
+    assert _step_rows(Path(fresh["run_dir"])) == [1, 2, 3, 4, 5, 6]
+    assert _files(unfinished) == before  # not cut, not pruned, not resumed
+    capsys.readouterr()
+    # given the unfinished run's directory, a fresh start is refused, and the advice works
+    for how in ("never", str(list_checkpoints(unfinished / "checkpoints")[-1])):
+        assert cli.main(["train", *command, f"trainer.run_dir={unfinished}", f"trainer.resume={how}"]) == 2
+        err = capsys.readouterr().err
+        assert f"trainer.run_dir: {unfinished} holds a run already (its checkpoints reach step-000000002.pt)" in err
+        assert "leave trainer.resume out to continue this run" in err
+        assert _files(unfinished) == before
+    assert cli.main(["train", *command, f"trainer.run_dir={unfinished}"]) == 0
+    assert "at step 2" in capsys.readouterr().err and _step_rows(unfinished) == [1, 2, 3, 4, 5, 6]
+
+
+def test_retention_never_deletes_the_checkpoint_just_written(tmp_path):
+    directory = tmp_path / "checkpoints"
+    directory.mkdir()
+    for step in (10, 20, 30):
+        torch.save({"format": 1}, checkpoint_path(directory, step))
+    written = checkpoint_path(directory, 4)
+    torch.save({"format": 1}, written)
+    prune(directory, keep=2, written=written)
+    assert [p.name for p in list_checkpoints(directory)] == ["step-000000004.pt", "step-000000030.pt"]
+    prune(directory, keep=1)
+    assert [p.name for p in list_checkpoints(directory)] == ["step-000000030.pt"]
+
+
+def _full_disk_run(run_dir: Path, capsys) -> str:
+    overrides = [*RESUMING, f"trainer.run_dir={run_dir}", "trainer.checkpoint_every=1", "trainer.max_steps=3",
+                 "trainer.tensorboard=false", "evaluation.baselines=[]"]
+    assert cli.main(["train", *overrides]) == 1  # an operating-system error: exit 1, as the README says
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "Traceback" not in err and "enforce fail" not in err
+    return err
+
+
+def test_a_full_disk_during_a_checkpoint_is_the_os_error_with_exit_1(tmp_path, capsys, monkeypatch):
+    """Simulated: the checkpoints' temporary files write to /dev/full (the kernel's ENOSPC)."""
+    import metacontrast.checkpoint as checkpoint_module
+
+    fail_with_enospc(monkeypatch, checkpoint_module)
+    run_dir = tmp_path / "run"
+    err = _full_disk_run(run_dir, capsys)
+    assert f"could not write checkpoint {run_dir}/checkpoints/step-000000001.pt: No space left on device" in err
+    assert list_checkpoints(run_dir / "checkpoints") == []
+    assert not list((run_dir / "checkpoints").glob(".*.tmp"))
+
+
+def test_a_real_full_disk_says_so_and_the_same_command_resumes_once_there_is_space(small_tmpfs, capsys):
+    import subprocess
+
+    run_dir = small_tmpfs / "run"
+    overrides = [*RESUMING, f"trainer.run_dir={run_dir}", "trainer.checkpoint_every=1", "trainer.max_steps=3",
+                 "trainer.tensorboard=false", "evaluation.baselines=[]", "encoder.hidden=96"]
+    assert cli.main(["train", *overrides]) == 1
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and str(run_dir) in err and "enforce fail" not in err
+    kept = list_checkpoints(run_dir / "checkpoints")
+    for path in kept:
+        load_safe(path)  # whatever is there is whole
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_tmpfs)], check=True)
+    assert cli.main(["train", *overrides]) == 0
+    assert json.loads((run_dir / "results.json").read_text())["steps"] == 3

@@ -113,3 +113,20 @@ def test_top5_is_reported_only_where_it_can_miss():
         if classes > 5:
             expected["knn_top5"] = sum(int(y[r]) in ranked[r][:5] for r in range(50)) / 50
         assert set(got) == set(expected) and all(abs(got[k] - v) < 1e-6 for k, v in expected.items())
+
+
+def test_a_value_hydra_cannot_read_unquoted_is_refused_with_the_quoting_that_works(tmp_path, capsys):
+    import re
+    import shlex
+
+    for name in ("café", "my run (1)", "it's"):
+        value = str(tmp_path / name)
+        assert main(["config", f"trainer.run_dir={value}"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("metacontrast: error: trainer.run_dir: hydra cannot read the value") and "\n" == err[-1]
+        suggestion = re.search(r"inside the shell's quotes: (.*)$", err.strip()).group(1)
+        (override,) = shlex.split(suggestion)  # as the shell hands it over
+        assert compose_config([override]).trainer.run_dir == value
+    run_dir = tmp_path / "café"
+    assert main(["train", *TINY, "evaluation.baselines=[]", f"trainer.run_dir='{run_dir}'"]) == 0
+    assert (run_dir / "results.json").is_file()

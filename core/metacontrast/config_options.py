@@ -40,6 +40,28 @@ def refused_hydra_override(override: str) -> str | None:
             f"setting honoured is hydra.searchpath")
 
 
+def unreadable_override(override: str) -> str | None:
+    """Why hydra's override grammar cannot read ``override`` (a value with non-ASCII
+    letters, spaces or brackets unquoted), with the quoting that reads, or None."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        OverridesParser.create().parse_override(override)
+        return None
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    key, sep, value = override.partition("=")
+    if not sep or not value or value[0] in "'\"[":
+        return f"{override}: hydra cannot read this override ({reason})"
+    if "'" not in value:
+        shell = f"\"{key}='{value}'\""
+    else:  # hydra's double quotes, escaped inside the shell's
+        shell = f'"{key}=\\"{value}\\""'
+    return (f"{key}: hydra cannot read the value {value!r} unquoted (letters outside ASCII, spaces and "
+            f"characters such as ()[]{{}},:=' have a meaning in hydra's override grammar); quote it for "
+            f"hydra inside the shell's quotes: {shell}")
+
+
 def config_directories(searchpath: list[str] | tuple[str, ...] = ()) -> list[Path]:
     """``configs/`` then each plugin's config directory, as paths on disk."""
     from metacontrast.config import config_dir

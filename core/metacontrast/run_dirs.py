@@ -6,7 +6,10 @@ a process that comes back to it finds there.
   then that one, so that after a stop, a crash or ``kill -9`` the same command resumes. A
   run is finished once it has written ``results.json``; a finished directory is never
   trained into again (``claim`` refuses it and says what to do instead), and the same
-  command then starts a new run.
+  command then starts a new run. A run that starts afresh (``trainer.resume=never``, or
+  from a checkpoint path) never goes into an existing run: without ``trainer.run_dir`` it
+  gets a new directory; a given directory that holds a run is refused (``claim``), so two
+  runs are never stitched into one directory's metrics and checkpoints.
 - **One process.** ``claim`` holds an exclusive ``flock`` on ``<run_dir>/.lock`` for as
   long as the run lasts (rank 0 holds it for all ranks under torchrun). The kernel drops
   the lock when the process ends, however it ends, so a killed run never leaves a stale
@@ -218,14 +221,35 @@ def _refuse_finished(run_dir: Path) -> None:
                       f"{evaluate}{further}")
 
 
-def choose_run_dir(cfg: DictConfig, root: Path = RUNS_ROOT) -> tuple[Path, bool]:
-    """The directory this config's run uses, and whether it was given (``trainer.run_dir``)."""
+def starts_afresh(cfg: DictConfig) -> bool:
+    """Whether the run must not continue an existing one: ``trainer.resume`` is ``never``
+    or a checkpoint path (``auto`` continues the run directory's own checkpoints)."""
+    return str(cfg.trainer.resume) != "auto"
+
+
+def choose_run_dir(cfg: DictConfig, root: Path = RUNS_ROOT, *, fresh: bool = False) -> tuple[Path, bool]:
+    """The directory this config's run uses, and whether it was given (``trainer.run_dir``).
+    ``fresh``: never an existing unfinished run (a new default directory instead)."""
     if cfg.trainer.run_dir:
         return Path(str(cfg.trainer.run_dir)), True
-    existing = unfinished_run(root, config_digest(cfg))
+    existing = None if fresh else unfinished_run(root, config_digest(cfg))
     if existing is not None:
         return existing, False
     return _new_default_dir(cfg, root), False
+
+
+def _refuse_existing_run(run_dir: Path, cfg: DictConfig) -> None:
+    """A fresh start (``trainer.resume`` never or a path) into a directory that holds a run."""
+    from metacontrast.checkpoint import list_checkpoints
+
+    newest = list_checkpoints(run_dir / "checkpoints")
+    reach = f" (its checkpoints reach {newest[-1].name})" if newest else ""
+    how = str(cfg.trainer.resume)
+    start = ("trainer.resume=never starts a new run" if how == "never"
+             else f"trainer.resume={how} starts a new run from that checkpoint")
+    raise RunDirError(f"trainer.run_dir: {run_dir} holds a run already{reach}; {start} and never writes "
+                      f"into an existing one: give a new trainer.run_dir (or leave it out for a new "
+                      f"directory under runs/), or leave trainer.resume out to continue this run")
 
 
 @contextlib.contextmanager
@@ -234,14 +258,16 @@ def claim(cfg: DictConfig, *, holder: bool = True, allow_finished: bool = False,
     """Choose the run directory, make it, lock it and record the config's digest there;
     yields its path and releases the lock on leaving. ``holder`` false (ranks other than
     0): choose nothing and lock nothing (the caller gets rank 0's choice).
-    ``allow_finished``: a finished run may be used (evaluation writes beside it)."""
+    ``allow_finished``: a finished run may be used (evaluation writes beside it); otherwise
+    a run that starts afresh (``starts_afresh``) is refused a directory holding a run."""
     if not holder:
         yield Path()
         return
     run_dir = Path(str(cfg.trainer.run_dir)) if cfg.trainer.run_dir else root
     try:
         existed = run_dir.exists()
-        run_dir, given = choose_run_dir(cfg, root)
+        fresh = starts_afresh(cfg) and not allow_finished
+        run_dir, given = choose_run_dir(cfg, root, fresh=fresh)
         # made here: a given directory that was not there, or a new default one
         made = not existed if given else not (run_dir / RUN_INFO).exists()
         first = not (run_dir / RUN_INFO).exists()  # no earlier process claimed it
@@ -253,6 +279,8 @@ def claim(cfg: DictConfig, *, holder: bool = True, allow_finished: bool = False,
     try:
         if is_finished(run_dir) and not allow_finished:
             _refuse_finished(run_dir)
+        if fresh and not first:
+            _refuse_existing_run(run_dir, cfg)
         remove_stale_temporaries(run_dir)
         info = {"config_digest": config_digest(cfg),
                 "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
