@@ -17,8 +17,8 @@ import torch
 
 from metacontrast import cli, trainer
 from metacontrast.checkpoint import checkpoint_path, list_checkpoints, load_safe, prune
-from metacontrast.plugins import PluginManager
 from metacontrast.config import compose_config
+from metacontrast.plugins import PluginManager
 from metacontrast.run_dirs import RunDirError, RunLock, config_digest, cut_metrics, unfinished_run
 
 from .conftest import TINY, Interrupted, fail_with_enospc, interrupt_at

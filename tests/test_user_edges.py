@@ -123,7 +123,7 @@ def test_a_value_hydra_cannot_read_unquoted_is_refused_with_the_quoting_that_wor
         value = str(tmp_path / name)
         assert main(["config", f"trainer.run_dir={value}"]) == 2
         err = capsys.readouterr().err
-        assert err.startswith("metacontrast: error: trainer.run_dir: hydra cannot read the value") and "\n" == err[-1]
+        assert err.startswith("metacontrast: error: trainer.run_dir: hydra cannot read the value") and err[-1] == "\n"
         suggestion = re.search(r"inside the shell's quotes: (.*)$", err.strip()).group(1)
         (override,) = shlex.split(suggestion)  # as the shell hands it over
         assert compose_config([override]).trainer.run_dir == value

@@ -296,7 +296,11 @@ def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str
 
     Errors (unknown group option, misspelt key, wrong type) become one-line
     ``ConfigError``s naming the key."""
-    from metacontrast.config_options import refused_hydra_override, unknown_option_message, unreadable_override
+    from metacontrast.config_options import (
+        refused_hydra_override,
+        unknown_option_message,
+        unreadable_override,
+    )
 
     _register_schema()
     overrides = list(overrides)

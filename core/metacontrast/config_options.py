@@ -53,10 +53,9 @@ def unreadable_override(override: str) -> str | None:
     key, sep, value = override.partition("=")
     if not sep or not value or value[0] in "'\"[":
         return f"{override}: hydra cannot read this override ({reason})"
-    if "'" not in value:
-        shell = f"\"{key}='{value}'\""
-    else:  # hydra's double quotes, escaped inside the shell's
-        shell = f'"{key}=\\"{value}\\""'
+    # hydra's single quotes inside the shell's double ones; for a value with a ' in it,
+    # hydra's double quotes, escaped inside the shell's
+    shell = f"\"{key}='{value}'\"" if "'" not in value else f'"{key}=\\"{value}\\""'
     return (f"{key}: hydra cannot read the value {value!r} unquoted (letters outside ASCII, spaces and "
             f"characters such as ()[]{{}},:=' have a meaning in hydra's override grammar); quote it for "
             f"hydra inside the shell's quotes: {shell}")
