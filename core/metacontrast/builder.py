@@ -72,7 +72,9 @@ def _node(cfg: DictConfig, key: str) -> dict[str, Any]:
 
 def build_one(plugins: PluginManager, kind: str, key: str, params: dict[str, Any],
               context: BuildContext) -> Any:
-    """Build the component ``params['name']`` of ``kind`` (config key ``key``)."""
+    """Build the component ``params['name']`` of ``kind`` (config key ``key``). A
+    ``ValueError`` from the component's constructor (what it refuses about the data or the
+    other components) becomes a ``ConfigError`` naming ``key``."""
     params = dict(params)
     name = params.pop("name")
     cls = plugins.get(kind, str(name), key=f"{key}.name")
@@ -80,7 +82,13 @@ def build_one(plugins: PluginManager, kind: str, key: str, params: dict[str, Any
     if context.modality not in modalities:
         raise ConfigError(f"{key}.name: {name!r} works on {' and '.join(modalities)} data, but the data "
                           f"are of kind {context.modality!r}; choose a {kind} for {context.modality} data")
-    return cls(component_config(cls, key, params), context)
+    config = component_config(cls, key, params)
+    try:
+        return cls(config, context)
+    except ValueError as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{key}={name}: {err}") from None
 
 
 def build_encoder(cfg: DictConfig, plugins: PluginManager, context: BuildContext) -> Encoder:
@@ -133,6 +141,63 @@ def check_component_configs(cfg: DictConfig, plugins: PluginManager) -> None:
         cls = plugins.get(kind, str(params.pop("name")), key=f"{key}.name")
         check_view_kind(key, cls, plugins)
         component_config(cls, key, params)
+    check_inputs_are_read(cfg, plugins)
+
+
+def _selected_inputs(cfg: DictConfig, plugins: PluginManager) -> dict[str, str]:
+    """The optional loss inputs the config provides, each with the setting that selects it."""
+    provided = {}
+    for name in _named_map(cfg, "view_transforms"):
+        if getattr(plugins.get("view_generator", name, key=f"view_transforms.{name}"), "MIXES", False):
+            provided["mixed"] = f"view_transforms.{name} (it mixes images)"
+    if OmegaConf.select(cfg, "solver") is not None:
+        provided["logits"] = f"solver={cfg.solver.name}"
+    if OmegaConf.select(cfg, "memory") is not None:
+        provided["memory"] = f"memory={cfg.memory.name}"
+    if OmegaConf.select(cfg, "teacher") is not None:
+        provided["teacher"] = "teacher (an EMA teacher)"
+    return provided
+
+
+_WHAT = {"logits": "a solver's logits", "memory": "a memory", "teacher": "the teacher's projections",
+         "mixed": "mixed views' soft targets"}
+_SELECT = {"logits": "solver=<name>", "memory": "memory=<name>",
+           "teacher": "+teacher=<name> (or a method with one)", "mixed": "+mix=<name>"}
+_NOTHING = "it would cost time and change nothing"
+_UNREAD = {"logits": _NOTHING, "memory": _NOTHING, "teacher": _NOTHING,
+           "mixed": "the losses would train on mixed images with their unmixed targets"}
+_DROP = {"logits": "solver=none", "memory": "memory=none", "teacher": "~teacher", "mixed": "no mixing"}
+
+
+def check_inputs_are_read(cfg: DictConfig, plugins: PluginManager) -> None:
+    """Every solver, memory and teacher the config selects is read by a selected loss, and
+    every selected loss has what it ``NEEDS``: a choice that would change nothing (a
+    memory no loss reads) or fail at the first step is refused naming it. Losses that do
+    not declare ``READS`` (outside plugins) are trusted to read anything."""
+    losses = {name: plugins.get("loss", str(params.get("name", name)), key=f"loss.{name}")
+              for name, params in _named_map(cfg, "loss").items()}
+    provided = _selected_inputs(cfg, plugins)
+    for name, cls in losses.items():
+        for needed in sorted(getattr(cls, "NEEDS", frozenset())):
+            if needed not in provided:
+                raise ConfigError(f"loss.{name}: it reads {_WHAT[needed]}, and none is selected; choose "
+                                  f"{_SELECT[needed]}, or another loss")
+    declared = [getattr(cls, "READS", None) for cls in losses.values()]
+    if any(reads is None for reads in declared):
+        return
+    read = set().union(*declared)
+    memory_source = OmegaConf.select(cfg, "memory.source")
+    if "memory" in read and memory_source == "teacher_z":
+        read.add("teacher")  # the memory is written with the teacher's projections
+    for what, setting in provided.items():
+        if what in read:
+            continue
+        readers = sorted(n for n, c in plugins.components["loss"].items()
+                         if what in (getattr(c, "READS", None) or ()))
+        key = setting.split("=")[0].split(" ")[0]
+        raise ConfigError(f"{key}: {setting} is selected, but no selected loss reads {_WHAT[what]} "
+                          f"(loss: {', '.join(losses)}): {_UNREAD[what]}. "
+                          f"Choose {_DROP[what]}, or a loss that reads it: {', '.join(readers)}")
 
 
 def check_view_kind(key: str, cls: type, plugins: PluginManager) -> None:

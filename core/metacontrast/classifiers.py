@@ -25,6 +25,14 @@ LOSSES = ("logistic", "squared")
 SCHEDULES = ("cosine", "linear", "constant")
 
 
+def knn_bank_problem(k: int, bank_size: int) -> str | None:
+    """``k`` neighbours cannot be found in a bank of ``bank_size`` rows."""
+    if k > bank_size:
+        return (f"k: {k} neighbours, but the kNN bank holds {bank_size} labelled images; choose k <= "
+                f"{bank_size} (or a larger evaluation.train_subset)")
+    return None
+
+
 @attrs.define
 class KNNConfig:
     """``k`` nearest train rows by cosine similarity; ``vote``: ``weighted`` (each neighbour

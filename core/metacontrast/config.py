@@ -323,19 +323,39 @@ def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str
         raise ConfigError(unknown_option_message(message, searchpath) or message) from None
     finally:
         GlobalHydra.instance().clear()
-    _select_listed(cfg, overrides, "eval")
+    _select_listed(cfg, overrides, "eval", searchpath)
     check_values(cfg)
     return cfg
 
 
-def _select_listed(cfg: DictConfig, overrides: list[str], group: str) -> None:
-    """``group=[a,b]`` on the command line selects exactly ``a`` and ``b``: entries an
-    experiment or method set (``eval.knn.k: 20``) for an evaluator that was not selected
-    are dropped, unless the command line itself sets them (``eval.<name>.<key>=...``)."""
+def _option_keys(group: str, option: str, searchpath: list[str] | tuple[str, ...]) -> set[str]:
+    """The entries option ``option`` of list group ``group`` defines (``eval=[knn_small]``
+    defines ``knn``), or the option's own name where its file cannot be read."""
+    from metacontrast.config_options import config_directories
+
+    for directory in config_directories(searchpath):
+        path = directory / group / f"{option}.yaml"
+        if path.is_file():
+            try:
+                node = OmegaConf.load(path)
+            except Exception:
+                break
+            keys = {str(k) for k in node if k != "defaults"} if isinstance(node, DictConfig) else set()
+            return keys or {option}
+    return {option}
+
+
+def _select_listed(cfg: DictConfig, overrides: list[str], group: str,
+                   searchpath: list[str] | tuple[str, ...] = ()) -> None:
+    """``group=[a,b]`` on the command line selects exactly what options ``a`` and ``b``
+    define: entries an experiment or method set (``eval.knn.k: 20``) for an evaluator that
+    was not selected are dropped, unless the command line itself sets them
+    (``eval.<name>.<key>=...``)."""
     chosen = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == group and "=" in o]
     if not chosen or OmegaConf.select(cfg, group) is None:
         return
-    selected = {name.strip() for name in chosen[-1].strip("[]").split(",") if name.strip()}
+    selected = {key for name in chosen[-1].strip("[]").split(",") if name.strip()
+                for key in _option_keys(group, name.strip(), searchpath)}
     named = {o.lstrip("+~").split("=", 1)[0].split(".")[1] for o in overrides
              if o.lstrip("+~").startswith(f"{group}.") and "." in o.split("=", 1)[0]}
     node = cfg[group]

@@ -140,9 +140,11 @@ class ViewTransform(ViewGenerator):
     """Views -> Views, applied after the view generator (task augmentation, mixing,
     auxiliary copies). Registered like view generators; configured in the name-keyed
     ``view_transforms`` map and applied in increasing ``ORDER``. All randomness comes from
-    ``generator``."""
+    ``generator``. ``MIXES``: it mixes images (soft targets in ``Episode.mix_weight``), so
+    a loss must read ``mixed`` (see ``Loss.READS``)."""
 
     ORDER: ClassVar[int] = 50
+    MIXES: ClassVar[bool] = False
 
     def forward(self, views: Views, generator: torch.Generator) -> Views:  # type: ignore[override]
         raise NotImplementedError  # pragma: no cover
@@ -179,11 +181,21 @@ class Loss(nn.Module):
     then run with ``teacher.exclusive`` (the online network skipping the key views).
     ``differentiates_twice``: its step takes a gradient of a gradient through the model
     (a second-order meta-update); ``trainer.compile=step`` then leaves the model eager,
-    which ``torch.compile``'s autograd cannot differentiate twice."""
+    which ``torch.compile``'s autograd cannot differentiate twice.
+
+    ``READS``: which of the optional inputs (``LOSS_INPUTS``: ``logits`` from a solver,
+    ``memory``, the ``teacher``'s projections, ``mixed`` views' soft targets) the loss may
+    read; ``NEEDS``: those it
+    cannot run without. With every selected loss declaring ``READS``, a solver, memory
+    or teacher that no loss reads is refused when the config is checked (it would cost
+    time and change nothing), and so is a loss whose ``NEEDS`` are not selected. ``None``
+    (undeclared, the default for outside plugins) reads anything and is never refused."""
 
     NAME: ClassVar[str]
     Config: ClassVar[type] = NoConfig
     READS_ALL_VIEWS: ClassVar[bool] = True
+    READS: ClassVar[frozenset[str] | None] = None
+    NEEDS: ClassVar[frozenset[str]] = frozenset()
     differentiates_twice: bool = False
 
     def forward(self, inputs: LossInputs) -> Tensor:  # pragma: no cover
@@ -191,6 +203,7 @@ class Loss(nn.Module):
 
 
 MEMORY_SOURCES = ("teacher_z", "z", "h")
+LOSS_INPUTS = ("logits", "memory", "teacher", "mixed")
 
 
 @attrs.define
@@ -288,6 +301,12 @@ class Evaluator:
 
     def evaluate(self, train: Features, test: Features) -> dict[str, float]:  # pragma: no cover
         raise NotImplementedError
+
+    def bank_problem(self, bank_size: int) -> str | None:
+        """What in the settings cannot work with a labelled train set (the kNN bank, the
+        probe's training set) of ``bank_size`` images, as ``"<setting>: why"``; checked when
+        the run is set up, before any training. ``None``: nothing."""
+        return None
 
     def run(self, inputs: EvalInputs) -> dict[str, float]:
         """Metrics of the encoder in ``inputs``; the default evaluates frozen features."""

@@ -13,7 +13,6 @@ import torch
 from metacontrast import distributed
 from metacontrast.checkpoint import save_atomic
 from metacontrast.config import ConfigError
-from metacontrast.data import subset_indices
 from metacontrast.evaluation import (
     extract_features,
     project_2d,
@@ -24,16 +23,13 @@ from metacontrast.evaluation import (
 from metacontrast.metrics import MetricsLogger
 from metacontrast.phases import SILENT
 from metacontrast.records import EvalInputs
-from metacontrast.run_setup import Run, tick
+from metacontrast.run_setup import Run, eval_train_subset, tick
 
 
 def eval_train_index(run: Run) -> torch.Tensor:
     """The fixed train subset used as kNN bank and probe training set (a streamed
     dataset holds exactly that subset in memory)."""
-    n = int(run.data.train_x.shape[0])
-    if run.data.train_files is not None:
-        return torch.arange(n)
-    return subset_indices(n, int(run.cfg.evaluation.train_subset), int(run.cfg.trainer.seed))
+    return eval_train_subset(run.data, run.cfg)
 
 
 def sharded(features: Callable[[torch.Tensor], torch.Tensor], world: distributed.WorldInfo

@@ -192,6 +192,7 @@ def setup(cfg: DictConfig, plugins: PluginManager | None = None, run_dir: Path |
                            rank=world.rank, world_size=world.world_size,
                            allowed_targets=allowed_targets)
     components = build_components(cfg, plugins, context)
+    check_evaluators_fit(components.evaluators, eval_bank_size(data, cfg))
     periodic = cfg.evaluation.periodic  # checked now, not at the first epoch's end
     select_periodic(components.evaluators, None if periodic is None else [str(n) for n in periodic])
     model = components.model.to(device)
@@ -234,6 +235,30 @@ def setup(cfg: DictConfig, plugins: PluginManager | None = None, run_dir: Path |
                compile_watch=None if mode == "off" else CompileWatch(mode, str(t.compile_backend),
                                                                      eager_parts),
                announce=announce)
+
+
+def eval_train_subset(data: Any, cfg: DictConfig) -> torch.Tensor:
+    """The fixed train subset used as kNN bank and probe training set: rows of
+    ``data.train_x`` (a streamed dataset holds exactly that subset in memory)."""
+    n = int(data.train_x.shape[0])
+    if getattr(data, "train_files", None) is not None:
+        return torch.arange(n)
+    return subset_indices(n, int(cfg.evaluation.train_subset), int(cfg.trainer.seed))
+
+
+def eval_bank_size(data: Any, cfg: DictConfig) -> int:
+    """How many labelled train images the evaluators read (the kNN bank, the probe's
+    training set)."""
+    return int(eval_train_subset(data, cfg).numel())
+
+
+def check_evaluators_fit(evaluators: dict[str, Any], bank_size: int) -> None:
+    """Refuse, before any training, an evaluator setting the labelled data cannot satisfy
+    (``eval.knn.k`` above the bank's size), naming its key."""
+    for key, evaluator in evaluators.items():
+        problem = evaluator.bank_problem(bank_size)
+        if problem:
+            raise ConfigError(f"eval.{key}.{problem}")
 
 
 # why a training loop ends before its schedule: the periodic evaluation reached

@@ -197,9 +197,32 @@ def check_values(cfg: DictConfig, where: str = "") -> None:
             source = f" (in {where})" if where else ""
             finite = "a finite number " if isinstance(plain, float) and not math.isfinite(plain) else ""
             raise ConfigError(f"{key}: must be {finite}{rule.allowed()}, got {_shown(value)}{source}")
-    message = _together(cfg)
+    message = _together(cfg) or _not_finite(cfg)
     if message:
         raise ConfigError(message + (f" (in {where})" if where else ""))
+
+
+def _leaves(node: Any, prefix: str = "") -> Any:
+    """``(dotted key, value)`` of every leaf of a plain config (lists indexed)."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, (dict, list)):
+            yield from _leaves(v, key)
+        else:
+            yield key, v
+
+
+def _not_finite(cfg: DictConfig) -> str | None:
+    """A NaN anywhere (plugins' sections included: ``loss.nt_xent.weight=nan``), or an
+    infinity where no rule of ``RULES`` allows one."""
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    for key, value in _leaves(plain):
+        if isinstance(value, float) and not math.isfinite(value):
+            if math.isinf(value) and key in RULES:
+                continue  # its rule decided
+            return f"{key}: must be a finite number, got {value}"
+    return None
 
 
 def _together(cfg: DictConfig) -> str | None:

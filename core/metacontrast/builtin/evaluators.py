@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from metacontrast.classifiers import KNNConfig, knn_predict, topk_accuracies
+from metacontrast.classifiers import KNNConfig, knn_bank_problem, knn_predict, topk_accuracies
 from metacontrast.interfaces import Evaluator
 from metacontrast.records import Features
 
@@ -14,6 +14,9 @@ class KNNEvaluator(Evaluator):
 
     NAME = "knn"
     Config = KNNConfig
+
+    def bank_problem(self, bank_size: int) -> str | None:
+        return knn_bank_problem(self.config.k, bank_size)
 
     def evaluate(self, train: Features, test: Features) -> dict[str, float]:
         num_classes = int(max(train.y.max(), test.y.max())) + 1

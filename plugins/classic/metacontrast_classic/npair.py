@@ -64,6 +64,8 @@ class NPairLoss(Loss):
     """The N-pair loss on the projections ``z`` of a two-view episode."""
 
     NAME = "npair"
+
+    READS = frozenset()
     Config = NPairConfig
 
     def __init__(self, config: NPairConfig, context: BuildContext | None) -> None:

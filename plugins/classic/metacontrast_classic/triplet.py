@@ -72,6 +72,8 @@ class TripletLoss(Loss):
     """The triplet loss on the projections ``z`` of a two-view episode."""
 
     NAME = "triplet"
+
+    READS = frozenset()
     Config = TripletConfig
 
     def __init__(self, config: TripletConfig, context: BuildContext | None) -> None:

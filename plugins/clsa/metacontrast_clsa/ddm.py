@@ -63,6 +63,10 @@ class DDMLoss(Loss):
     """CLSA's DDM on ``LossInputs``: needs ``memory`` (the queue) and the teacher's key view."""
 
     NAME = "ddm"
+
+    READS = frozenset({"memory", "teacher"})
+
+    NEEDS = frozenset({"memory", "teacher"})
     Config = DDMConfig
     READS_ALL_VIEWS = False
 

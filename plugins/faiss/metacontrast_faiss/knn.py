@@ -6,7 +6,7 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from metacontrast.classifiers import KNNConfig, knn_votes, topk_accuracies
+from metacontrast.classifiers import KNNConfig, knn_bank_problem, knn_votes, topk_accuracies
 from metacontrast.interfaces import Evaluator
 from metacontrast.records import Features
 from metacontrast_faiss.index import IndexConfig, NeighbourIndex
@@ -28,6 +28,9 @@ class FaissKNNEvaluator(Evaluator):
 
     NAME = "knn_faiss"
     Config = FaissKNNConfig
+
+    def bank_problem(self, bank_size: int) -> str | None:
+        return knn_bank_problem(self.config.k, bank_size)
 
     def evaluate(self, train: Features, test: Features) -> dict[str, float]:
         num_classes = int(max(train.y.max(), test.y.max())) + 1

@@ -25,6 +25,10 @@ class QueryCELoss(Loss):
 
     NAME = "query_ce"
 
+    READS = frozenset({"logits", "mixed"})
+
+    NEEDS = frozenset({"logits"})
+
     def __init__(self, config: object, context: BuildContext) -> None:
         super().__init__()
 
@@ -54,6 +58,10 @@ class BYOLLoss(Loss):
     Un-Mix. The teacher is the model's EMA copy (``teacher:`` config)."""
 
     NAME = "byol"
+
+    READS = frozenset({"teacher", "mixed"})
+
+    NEEDS = frozenset({"teacher"})
     Config = BYOLConfig
 
     def __init__(self, config: BYOLConfig, context: BuildContext) -> None:
@@ -81,6 +89,8 @@ class RotationLoss(Loss):
     rotated copy (``Views.extra["rotation"]``) predicts its angle (0, 90, 180, 270)."""
 
     NAME = "rotation"
+
+    READS = frozenset()
 
     def __init__(self, config: object, context: BuildContext) -> None:
         super().__init__()

@@ -129,6 +129,7 @@ class UnMix(ViewTransform):
     NAME = "unmix"
     Config = UnMixConfig
     ORDER = 20
+    MIXES = True
 
     def __init__(self, config: UnMixConfig, context: BuildContext) -> None:
         super().__init__()

@@ -46,6 +46,8 @@ class OUCLLoss(Loss):
     """``L_ori`` over ``Embeddings.z`` cut into the head's parts (``BuildContext.head_parts``)."""
 
     NAME = "oucl"
+
+    READS = frozenset({"memory"})
     Config = OUCLLossConfig
 
     def __init__(self, config: OUCLLossConfig, context: BuildContext) -> None:
@@ -121,6 +123,8 @@ class MetAugLoss(OUCLLoss):
     the encoders and heads with this loss and the MAGs with the meta objective."""
 
     NAME = "metaug"
+
+    READS = frozenset({"memory"})
     Config = MetAugLossConfig
 
     def __init__(self, config: MetAugLossConfig, context: BuildContext) -> None:

@@ -48,6 +48,10 @@ class QueueInfoNCELoss(Loss):
     """MoCo's loss on ``LossInputs``: needs ``memory`` and the teacher's key view."""
 
     NAME = "moco_infonce"
+
+    READS = frozenset({"memory", "teacher"})
+
+    NEEDS = frozenset({"memory", "teacher"})
     Config = QueueInfoNCEConfig
     READS_ALL_VIEWS = False
 

@@ -63,6 +63,8 @@ class NTXentLoss(Loss):
     """NT-Xent on the projections ``z`` of a two-view all-pairs episode."""
 
     NAME = "nt_xent"
+
+    READS = frozenset()
     Config = NTXentConfig
 
     def __init__(self, config: NTXentConfig, context: BuildContext) -> None:
