@@ -15,6 +15,13 @@ PREPARED = Path(os.environ.get("METACONTRAST_TEST_DATA", REPO / ".cache" / "data
 # (METACONTRAST_TEST_DEVICE=cuda runs every config's two steps there, checking placement).
 TEST_DEVICE = os.environ.get("METACONTRAST_TEST_DEVICE", "cpu")
 
+# The tests compare runs bit for bit (goldens, exact resume, 2 ranks == 1) on a machine
+# that other jobs share: the thread count stays the one chosen at the start
+# (METACONTRAST_THREAD_POLICY=fixed) instead of following the load; subprocesses inherit
+# it. test_threads.py runs the default policy.
+os.environ.setdefault("METACONTRAST_THREAD_POLICY", "fixed")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def scratch_cache(tmp_path_factory: pytest.TempPathFactory):
     """Caches the runs keep (the shard indexes of data=webdataset) go to a scratch

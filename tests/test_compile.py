@@ -30,7 +30,7 @@ METHODS = METHODS_ON_COLOUR
 def two_steps(overrides: list[str], tmp_path, compile: str = "off", backend: str = "aot_eager"):
     """Views and loss terms of the first two steps, and the compile report."""
     compiling.reset()
-    cfg = compose_config([*BASE, *overrides, "trainer.device=cpu", "trainer.precision=fp32",
+    cfg = compose_config([*BASE, *overrides, "eval=[knn]", "eval.knn.k=5", "trainer.device=cpu", "trainer.precision=fp32",
                           f"trainer.compile={compile}", f"trainer.compile_backend={backend}",
                           f"trainer.run_dir={tmp_path}"])
     run = setup(cfg)

@@ -283,6 +283,7 @@ def train_steps(run: Run, logger: MetricsLogger, stop: StopSignals | None = None
     graphed = GraphedStep(run, step_fn) if t.cuda_graphs else None
     run.clock = (time.perf_counter(), run.elapsed_s)
     _end_if_out_of_time(run, time_limit)  # resumed after its time ran out: no further step
+    step_started = time.perf_counter()
     while pos.step < run.total_steps:
         terms: LossTerms | None = None
         for batch_index, batch in _epoch_batches(run, batches_per_epoch):
@@ -304,6 +305,10 @@ def train_steps(run: Run, logger: MetricsLogger, stop: StopSignals | None = None
             pos.batch = batch_index + 1
             tick(run)
             _end_if_out_of_time(run, time_limit)  # then this step is the last: logged, checkpointed
+            if run.threads is not None:  # a step boundary: the thread count may follow the load
+                now = time.perf_counter()
+                run.threads.at_step(pos.step, now - step_started)
+                step_started = now
             run.plugins.hooks.hook.metacontrast_on_step_end(
                 state=StepState(step=pos.step, epoch=pos.epoch, terms=terms.detached(), model=run.model))
             logger.advance()

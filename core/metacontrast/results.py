@@ -10,7 +10,7 @@ import attrs
 import torch
 
 from metacontrast.run_evaluation import eval_train_index
-from metacontrast.run_setup import Run
+from metacontrast.run_setup import Run, threads_state
 
 
 def time_to_target(run: Run) -> dict[str, Any] | None:
@@ -79,6 +79,7 @@ def describe_run(run: Run, metrics: dict[str, dict[str, float]], seconds: float)
         "precision": run.precision,
         "device": str(run.device),
         "hardware": hardware_description(run.device),
+        "threads": threads_state(run),
         "world_size": run.world.world_size,
         "torch": torch.__version__,
         "metacontrast": __version__,

@@ -29,7 +29,7 @@ from metacontrast.checkpoint import (
 )
 from metacontrast.config import ConfigError, from_yaml, to_yaml
 from metacontrast.interfaces import BuildContext
-from metacontrast.run_setup import Position, Run
+from metacontrast.run_setup import Position, Run, threads_state
 from metacontrast.targets import check_targets
 
 # Config sections a checkpoint must agree on to be resumed or evaluated.
@@ -70,6 +70,7 @@ def state_payload(run: Run) -> dict[str, Any]:
         "ended_by": run.ended_by,
         "elapsed_s": run.elapsed_s,
         "build_facts": build_facts(run.components.context),
+        "threads": threads_state(run),
     }
     if run.scaler is not None:
         payload["scaler"] = run.scaler.state_dict()
@@ -151,3 +152,5 @@ def restore(run: Run, path: Path, payload: dict[str, Any]) -> None:
     if run.ended_by is not None:  # the loop had ended early: resume after it, not into more steps
         run.total_steps = run.position.step
     run.elapsed_s = float(payload.get("elapsed_s", 0.0))
+    if run.threads is not None:  # start from the count in use when the checkpoint was written
+        run.threads.restore(payload.get("threads"))

@@ -39,7 +39,7 @@ from metacontrast.run_dirs import (
     default_dir_stem,
 )
 from metacontrast.targets import check_targets
-from metacontrast.threads import apply_threads
+from metacontrast.threads import LoadFollower, apply_threads, load_follower
 
 
 class TrainingError(RuntimeError):
@@ -149,6 +149,8 @@ class Run:
     elapsed_s: float = 0.0
     clock: tuple[float, float] = (0.0, 0.0)
     announce: Announcer = SILENT
+    # the CPU thread count following the machine's load (None: pinned, fixed, or a GPU run)
+    threads: LoadFollower | None = None
 
     @property
     def model(self) -> torch.nn.Module:
@@ -234,7 +236,15 @@ def setup(cfg: DictConfig, plugins: PluginManager | None = None, run_dir: Path |
                schedule_steps=total, total_steps=total,
                compile_watch=None if mode == "off" else CompileWatch(mode, str(t.compile_backend),
                                                                      eager_parts),
-               announce=announce)
+               announce=announce, threads=load_follower(int(t.threads), device.type))
+
+
+def threads_state(run: Run) -> dict[str, Any]:
+    """How the run's CPU threads were chosen, for checkpoints and ``results.json``."""
+    if run.threads is not None:
+        return run.threads.state()
+    how = "pinned" if int(run.cfg.trainer.threads) > 0 else "fixed"
+    return {"policy": how, "threads": torch.get_num_threads(), "changes": []}
 
 
 def eval_train_subset(data: Any, cfg: DictConfig) -> torch.Tensor:
