@@ -183,6 +183,14 @@ def metacontrast_register_losses() -> list[type[Loss]]:
     such losses (and no solver) run with `teacher.exclusive`, where the online network skips
     the teacher's views and `h`, `z` hold the other views' rows (`embeddings.online_views`).
 
+    A loss declares what it reads with the class attributes `READS` (a frozenset of
+    `"logits"`, `"memory"`, `"teacher"`, `"mixed"`: the inputs it may use) and `NEEDS`
+    (those it cannot run without). When every selected loss declares `READS`, a solver,
+    memory, teacher or mixing transform (`ViewTransform.MIXES`) that none of them reads is
+    refused when the config is checked, naming it, and so is a loss whose `NEEDS` are not
+    selected. A loss that declares nothing (`READS = None`, the default) is trusted to read
+    anything.
+
     An EMA teacher (BYOL's target network, MoCo's key encoder) is not a loss but part of the
     model: the `teacher:` config section makes `Model.teacher` a frozen copy of encoder and
     head, moved after every optimizer step by the step's `after_optimizer_step` (then the
