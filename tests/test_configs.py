@@ -36,7 +36,7 @@ SMALL_STRONG = ["encoder.pool=avg", "views.weak.size=32", "views.strong_sizes=[1
 SMALL_ALEXNET = ["encoder.width=0.125", "memory.read_size=64"]
 RGB_OPTIONS = {("encoder", "split_alexnet"), ("encoder", "channel_split"), ("head", "split_projection"),
                ("loss", "oucl"), ("loss", "metaug"), ("views", "cmc"), ("method", "metaug"),
-               ("method", "metaug_only_oucl"), ("recipe", "gpu_cifar10")}
+               ("method", "metaug_only_oucl"), ("recipe", "gpu_cifar10"), ("memory", "memory_bank")}
 # what an option needs from the rest of the config to run
 NEEDS = {
     ("solver", "protonet"): ["episode=n_way_k_shot", "loss=[query_ce]"],
@@ -46,7 +46,9 @@ NEEDS = {
     ("loss", "query_ce"): ["solver=protonet", "episode=n_way_k_shot"],
     ("loss", "byol"): ["method=byol"],
     ("loss", "moco_infonce"): ["method=moco_v2"],
-    ("memory", "queue"): ["memory.source=z"],  # no teacher here: the online projections
+    # a memory needs a loss that reads it (otherwise it is refused: test_option_walk.py)
+    ("memory", "queue"): ["method=moco_v2", "head.hidden_dim=32", "head.out_dim=16", "memory.size=64"],
+    ("memory", "memory_bank"): ["method=metaug", "encoder=split_alexnet", "views=cmc", *SMALL_ALEXNET],
     # CLSA's views come in several sizes: Conv-4 pools globally; ImageNet sizes shrunk for the
     # CPU. The digits experiment of TINY sets views, so methods name theirs again.
     ("loss", "ddm"): ["method=clsa_single", "views=clsa_single_cifar", *SMALL_STRONG],
@@ -237,6 +239,9 @@ def test_config_composes_and_runs_two_steps(group, option, tmp_path, monkeypatch
     run_dir = tmp_path / "run"
     cfg = compose_config([*base, *extra, f"trainer.run_dir={run_dir}", "trainer.max_steps=2",
                           "trainer.epochs=1"])
+    for node in (cfg.eval or {}).values():  # the recipes' k = 200 over the few synthetic images
+        if node is not None and "k" in node:
+            node.k = min(int(node.k), 5)
     if group == "trainer":  # the trainer group decides device and length: keep the test short
         cfg.trainer.max_steps, cfg.trainer.batch_size, cfg.trainer.device = 2, 8, TEST_DEVICE
         cfg.trainer.progress = cfg.trainer.tensorboard = False
