@@ -178,11 +178,11 @@ def check_inputs_are_read(cfg: DictConfig, plugins: PluginManager) -> None:
               for name, params in _named_map(cfg, "loss").items()}
     provided = _selected_inputs(cfg, plugins)
     for name, cls in losses.items():
-        for needed in sorted(getattr(cls, "NEEDS", frozenset())):
+        for needed in sorted(cls.NEEDS):
             if needed not in provided:
                 raise ConfigError(f"loss.{name}: it reads {_WHAT[needed]}, and none is selected; choose "
                                   f"{_SELECT[needed]}, or another loss")
-    declared = [getattr(cls, "READS", None) for cls in losses.values()]
+    declared = [cls.READS for cls in losses.values()]
     if any(reads is None for reads in declared):
         return
     read = set().union(*declared)
@@ -193,7 +193,7 @@ def check_inputs_are_read(cfg: DictConfig, plugins: PluginManager) -> None:
         if what in read:
             continue
         readers = sorted(n for n, c in plugins.components["loss"].items()
-                         if what in (getattr(c, "READS", None) or ()))
+                         if what in (c.READS or ()))
         key = setting.split("=")[0].split(" ")[0]
         raise ConfigError(f"{key}: {setting} is selected, but no selected loss reads {_WHAT[what]} "
                           f"(loss: {', '.join(losses)}): {_UNREAD[what]}. "

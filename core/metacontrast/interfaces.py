@@ -183,12 +183,11 @@ class Loss(nn.Module):
     (a second-order meta-update); ``trainer.compile=step`` then leaves the model eager,
     which ``torch.compile``'s autograd cannot differentiate twice.
 
-    ``READS``: which of the optional inputs (``LOSS_INPUTS``: ``logits`` from a solver,
-    ``memory``, the ``teacher``'s projections, ``mixed`` views' soft targets) the loss may
-    read; ``NEEDS``: those it
-    cannot run without. With every selected loss declaring ``READS``, a solver, memory
-    or teacher that no loss reads is refused when the config is checked (it would cost
-    time and change nothing), and so is a loss whose ``NEEDS`` are not selected. ``None``
+    ``READS``: which of the optional inputs the loss may read (``"logits"`` from a solver,
+    ``"memory"``, the ``"teacher"``'s projections, ``"mixed"`` views' soft targets);
+    ``NEEDS``: those it cannot run without. With every selected loss declaring ``READS``,
+    a solver, memory, teacher or mixing transform that no loss reads is refused when the
+    config is checked, and so is a loss whose ``NEEDS`` are not selected. ``None``
     (undeclared, the default for outside plugins) reads anything and is never refused."""
 
     NAME: ClassVar[str]
@@ -203,7 +202,6 @@ class Loss(nn.Module):
 
 
 MEMORY_SOURCES = ("teacher_z", "z", "h")
-LOSS_INPUTS = ("logits", "memory", "teacher", "mixed")
 
 
 @attrs.define
