@@ -308,11 +308,25 @@ def test_external_sigterm_checkpoints_at_the_step_boundary_and_exits_143(tmp_pat
 # -- a memory (queue + pointer) is checkpointed and restored ------------------------------
 
 def _queue_plugin():
-    """A FIFO memory of batch colour statistics, filled by a train step that wraps the default."""
+    """A FIFO memory of batch colour statistics, filled by a train step that wraps the default,
+    and read by a loss (a memory nothing reads is refused)."""
     from torch import nn
 
-    from metacontrast.interfaces import Memory
+    from metacontrast.interfaces import Loss, Memory
     from metacontrast.step import DefaultTrainStep
+
+    class ReadsTheQueue(Loss):
+        """The queue's mean times nothing: it reads the memory, and changes no gradient."""
+
+        NAME = "reads_the_queue"
+        READS = frozenset({"memory"})
+        NEEDS = frozenset({"memory"})
+
+        def __init__(self, config, context) -> None:
+            super().__init__()
+
+        def forward(self, inputs):
+            return inputs.memory.float().mean() * inputs.embeddings.z.float().mean() * 0.0
 
     class ToyQueue(Memory):
         NAME = "toy_queue"
@@ -332,9 +346,12 @@ def _queue_plugin():
             self.pointer.copy_((self.pointer + n) % self.keys.shape[0])
 
     class FillingStep(DefaultTrainStep):
-        def __init__(self, components) -> None:
-            super().__init__(components.view_generator, components.episode_builder)
+        def __init__(self, components) -> None:  # the losses read the queue; this step writes it
+            super().__init__(components.view_generator, components.episode_builder, memory=components.memory)
             self.toy_memory = components.memory
+
+        def keep_keys(self, step, embeddings, views) -> None:
+            pass  # written in __call__ below, not with the default's keys
 
         def __call__(self, batch, ctx):
             terms = super().__call__(batch, ctx)
@@ -346,16 +363,21 @@ def _queue_plugin():
         return [ToyQueue]
 
     @hookimpl
+    def metacontrast_register_losses():
+        return [ReadsTheQueue]
+
+    @hookimpl
     def metacontrast_make_train_step(config, components):
         return FillingStep(components) if components.memory is not None else None
 
     return as_module("toy_queue_plugin", metacontrast_register_memories=metacontrast_register_memories,
+                     metacontrast_register_losses=metacontrast_register_losses,
                      metacontrast_make_train_step=metacontrast_make_train_step)
 
 
 def test_memory_queue_and_pointer_survive_resume(tmp_path, monkeypatch):
     plugin = _queue_plugin()
-    queue = ("+memory.name=toy_queue",)
+    queue = ("+memory.name=toy_queue", "+loss.reads_the_queue.weight=1.0")
     trainer.fit(_cfg(tmp_path / "straight", *queue), PluginManager(extra=[plugin]))
     straight = load_safe(list_checkpoints(tmp_path / "straight" / "checkpoints")[-1])["memory"]
     assert int(straight["pointer"]) == (STEPS * 16) % 64

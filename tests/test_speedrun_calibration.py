@@ -53,7 +53,7 @@ def _info_nce(features: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
 def _one_step(colour_npz: str, tmp_path, forward_chunks: int):
     cfg = compose_config(["experiment=speedrun/reference_simclr_100ep", "data=npz", f"data.root={colour_npz}",
                           "trainer.device=cpu", "trainer.cuda_graphs=false", "trainer.precision=fp32",
-                          f"trainer.batch_size={BATCH}", "trainer.max_steps=1", f"trainer.forward_chunks={forward_chunks}",
+                          "eval.knn.k=5", "eval.knn_majority.k=5", f"trainer.batch_size={BATCH}", "trainer.max_steps=1", f"trainer.forward_chunks={forward_chunks}",
                           # the same memory layout as the reference's model: the math is compared, and
                           # channels_last reorders the CPU's sums, which the backward of a freshly
                           # initialised network amplifies to about 1% in the first layers

@@ -88,7 +88,7 @@ def build_one(plugins: PluginManager, kind: str, key: str, params: dict[str, Any
     except ValueError as err:
         if isinstance(err, ConfigError):
             raise
-        raise ConfigError(f"{key}={name}: {err}") from None
+        raise ConfigError(f"{key}: {err}") from None
 
 
 def build_encoder(cfg: DictConfig, plugins: PluginManager, context: BuildContext) -> Encoder:
@@ -246,13 +246,9 @@ def build_components(cfg: DictConfig, plugins: PluginManager, context: BuildCont
         memory = build_one(plugins, "memory", "memory", _node(cfg, "memory"), context)
     evaluators = {}
     for name, params in _named_map(cfg, "eval").items():
-        try:  # an evaluator may read its own data when built (transfer's target dataset)
-            evaluators[name] = build_one(plugins, "evaluator", f"eval.{name}", {"name": name, **params},
-                                         context)
-        except ValueError as err:
-            if isinstance(err, ConfigError):
-                raise
-            raise ConfigError(f"eval.{name}: {err}") from None
+        # an evaluator may read its own data when built (transfer's target dataset): a
+        # ValueError there names eval.<name> (build_one)
+        evaluators[name] = build_one(plugins, "evaluator", f"eval.{name}", {"name": name, **params}, context)
         evaluators[name].key = name
     teacher = None
     if OmegaConf.select(cfg, "teacher") is not None:

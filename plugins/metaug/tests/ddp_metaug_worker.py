@@ -22,7 +22,7 @@ def main() -> None:
     out, root = Path(sys.argv[1]), sys.argv[2]
     out.mkdir(parents=True, exist_ok=True)
     cfg = compose_config(["method=metaug", "data=cifar10", f"data.root={root}", "encoder.width=0.125",
-                          "memory.read_size=32", "trainer.batch_size=8", "trainer.device=cpu", "eval=[knn]",
+                          "memory.read_size=32", "trainer.batch_size=8", "trainer.device=cpu", "eval=[knn]", "eval.knn.k=5",
                           f"trainer.run_dir={out / 'run'}", "trainer.progress=false"])
     run = setup(cfg)
     step = run.plugins.make_train_step(run.cfg, run.components)
