@@ -35,8 +35,12 @@ OVERRIDES = ["experiment=digits_simclr", "trainer.device=cpu", "trainer.batch_si
 
 
 def command(run_dir: Path, steps: int, every: int) -> list[str]:
+    # the thread count pinned: the default follows the machine's load, and a run whose count
+    # changed is not bit-identical to the uninterrupted one this check compares with
+    from metacontrast.threads import cpu_budget
+
     return [sys.executable, "-m", "metacontrast.cli", "train", *OVERRIDES, f"trainer.max_steps={steps}",
-            f"trainer.checkpoint_every={every}", f"trainer.run_dir={run_dir}"]
+            f"trainer.checkpoint_every={every}", f"trainer.run_dir={run_dir}", f"trainer.threads={cpu_budget()}"]
 
 
 def progress(run_dir: Path) -> int:
