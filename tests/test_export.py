@@ -8,6 +8,7 @@ says), and the framework's features come from the trained run's own model."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import timm
@@ -105,8 +106,9 @@ def test_an_encoder_without_a_library_counterpart_exports_as_its_own_state_dict(
 
 
 def test_export_mistakes_are_named(tmp_path, capsys):
-    assert main(["export", "checkpoint=x.pt", "format=onnx", f"out={tmp_path / 'o.pt'}"]) == 2
-    assert "format: 'onnx' is not a format; choose one of torchvision, timm, state_dict" in capsys.readouterr().err
+    assert main(["export", "checkpoint=x.pt", "format=tflite", f"out={tmp_path / 'o.pt'}"]) == 2
+    assert ("format: 'tflite' is not a format; choose one of torchvision, timm, state_dict, onnx"
+            in capsys.readouterr().err)
     assert main(["export", "checkpoint=x.pt"]) == 2
     assert "needs format=... out=..." in capsys.readouterr().err
     assert main(["export", "checkpoint=x.pt", "format=timm", "out=o.pt", "fromat=timm"]) == 2
@@ -229,3 +231,113 @@ def test_export_on_a_real_full_disk_says_so_and_leaves_nothing(resnet_run, small
     err = capsys.readouterr().err
     assert f"could not write encoder weights {out}: No space left on device" in err
     assert list(small_tmpfs.iterdir()) == []
+
+
+def _onnx_features(path, x: torch.Tensor) -> torch.Tensor:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+
+
+def test_an_onnx_export_gives_the_encoders_features_in_onnxruntime_at_any_batch_size(resnet_run, tmp_path, capsys):
+    """Tolerance: 1e-4 of the largest feature (both run in float32 on the CPU)."""
+    checkpoint, encoder, data = resnet_run
+    out = tmp_path / "encoder.onnx"
+    assert main(["export", f"checkpoint={checkpoint}", "format=onnx", f"out={out}"]) == 0
+    said = capsys.readouterr().out
+    assert "onnxruntime.InferenceSession" in said and "checked: onnxruntime runs the graph" in said
+    meta = json.loads((tmp_path / "encoder.onnx.json").read_text())
+    assert meta["format"] == "onnx" and meta["opset"] == 18
+    assert meta["graph_input"]["shape"] == ["batch", data.channels, data.image_size, data.image_size]
+    assert meta["graph_output"]["shape"] == ["batch", 512]
+    assert meta["input"]["mean"] == list(data.mean)
+
+    import onnx
+
+    onnx.checker.check_model(str(out))
+    x = _images(data, 6)
+    with torch.no_grad():
+        expected = encoder(x)
+    for batch in (x, x[:1]):
+        got = _onnx_features(out, batch)
+        torch.testing.assert_close(got, expected[: len(batch)], rtol=0, atol=1e-4 * float(expected.abs().max()))
+    with pytest.raises(metacontrast.export.ExportError, match="is an ONNX graph: run it with onnxruntime"):
+        metacontrast.load_encoder(out)
+    # the snippet written for users runs as written
+    namespace: dict = {}
+    exec(meta["load"], namespace)
+    assert namespace["features"].shape == (8, 512)
+
+
+def test_a_safetensors_export_loads_strictly_into_torchvision(resnet_run, tmp_path):
+    from safetensors.torch import load_file
+
+    checkpoint, encoder, data = resnet_run
+    out = tmp_path / "r18.safetensors"
+    assert main(["export", f"checkpoint={checkpoint}", "format=torchvision", f"out={out}"]) == 0
+    assert out.read_bytes()[8:9] == b"{"  # safetensors: 8-byte header length, then JSON; no pickle
+    meta = json.loads((tmp_path / "r18.safetensors.json").read_text())
+    assert meta["weights"] == "safetensors" and "load_file(" in meta["load"]
+    model = torchvision.models.resnet18(weights=None)
+    _cifar_stem(model, data.channels)
+    model.fc = torch.nn.Identity()
+    model.load_state_dict(load_file(out), strict=True)
+    x = _images(data)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), encoder(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(metacontrast.load_encoder(out)(x), encoder(x), rtol=1e-5, atol=1e-5)
+
+
+def test_an_encoder_of_our_own_exports_to_onnx_and_safetensors(tmp_path_factory, tmp_path):
+    checkpoint, encoder, data = _trained(tmp_path_factory, "conv4")
+    x = _images(data, 5)
+    with torch.no_grad():
+        expected = encoder(x)
+    onnx_out = metacontrast.export_encoder(checkpoint, "onnx", tmp_path / "conv4.onnx")
+    torch.testing.assert_close(_onnx_features(onnx_out, x), expected, rtol=0,
+                               atol=1e-4 * max(1.0, float(expected.abs().max())))
+    st_out = metacontrast.export_encoder(checkpoint, "state_dict", tmp_path / "conv4.safetensors")
+    with torch.no_grad():
+        torch.testing.assert_close(metacontrast.load_encoder(st_out)(x), expected)
+
+
+def test_onnx_mistakes_are_named_and_leave_nothing(resnet_run, tmp_path, capsys, monkeypatch):
+    checkpoint, _, _ = resnet_run
+    assert main(["export", f"checkpoint={checkpoint}", "format=onnx", f"out={tmp_path / 'e.safetensors'}"]) == 2
+    assert "format=onnx writes an ONNX graph, not safetensors; name the file e.onnx" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
+    assert main(["export", f"checkpoint={checkpoint}", "format=onnx", f"out={tmp_path / 'e.onnx'}"]) == 2
+    err = capsys.readouterr().err
+    assert "format=onnx needs onnxruntime: pip install onnx onnxscript onnxruntime" in err
+    assert "Traceback" not in err and list(tmp_path.iterdir()) == []
+
+
+class _NotTraceable(torch.nn.Module):
+    out_dim = 4
+
+    def forward(self, x):
+        if float(x.sum()) > 0:  # a branch on a value: torch.export cannot trace it
+            return x.flatten(1)[:, :4]
+        return -x.flatten(1)[:, :4]
+
+
+def test_an_encoder_that_cannot_be_traced_is_refused_naming_why():
+    from metacontrast.export_onnx import OnnxExportError, onnx_bytes
+
+    with pytest.raises(OnnxExportError, match=r"encoder 'branchy' cannot be exported to ONNX \("):
+        onnx_bytes(_NotTraceable(), (1, 4, 4), "branchy")
+
+
+@pytest.mark.parametrize("fmt, name", [("onnx", "e.onnx"), ("torchvision", "e.safetensors")])
+def test_a_full_disk_during_an_onnx_or_safetensors_export_leaves_nothing(resnet_run, tmp_path, capsys,
+                                                                         monkeypatch, fmt, name):
+    checkpoint, _, _ = resnet_run
+    import metacontrast.checkpoint as checkpoint_module
+
+    fail_with_enospc(monkeypatch, checkpoint_module)
+    out = tmp_path / name
+    assert main(["export", f"checkpoint={checkpoint}", f"format={fmt}", f"out={out}"]) == 1
+    err = capsys.readouterr().err
+    assert f"could not write encoder weights {out}: No space left on device" in err
+    assert "Traceback" not in err and list(tmp_path.iterdir()) == []

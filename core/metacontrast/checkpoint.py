@@ -63,9 +63,10 @@ def _os_cause(err: BaseException, writer: _RecordingWriter | None) -> BaseExcept
     return err
 
 
-def write_temporary(payload: dict[str, Any], path: Path, what: str = "checkpoint") -> Path:
-    """Write ``payload`` to a new temporary file beside ``path`` (flushed and fsynced) and
-    return it; the caller renames it into place. On failure nothing remains and
+def write_temporary(payload: dict[str, Any] | bytes, path: Path, what: str = "checkpoint") -> Path:
+    """Write ``payload`` (a dict, saved with ``torch.save``; or bytes already serialised, as
+    safetensors and ONNX give them) to a new temporary file beside ``path`` (flushed and
+    fsynced) and return it; the caller renames it into place. On failure nothing remains and
     ``CheckpointError`` names ``what`` was being written and ``path``
     (``CheckpointWriteError``, exit status 1, when the operating system refused: the
     message is its own, e.g. "No space left on device")."""
@@ -77,7 +78,10 @@ def write_temporary(payload: dict[str, Any], path: Path, what: str = "checkpoint
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             writer = _RecordingWriter(f)
-            torch.save(payload, writer)
+            if isinstance(payload, bytes):
+                writer.write(payload)
+            else:
+                torch.save(payload, writer)
             writer.flush()
             os.fsync(f.fileno())
         written, tmp_name = Path(tmp_name), None

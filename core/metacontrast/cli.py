@@ -45,13 +45,18 @@ The composed config, without training: metacontrast config [key=value ...].""",
   torchvision  a state_dict for the torchvision model of the same architecture
   timm         a state_dict for timm.create_model(<name>, num_classes=0)
   state_dict   the encoder module as metacontrast builds it (any encoder)
+  onnx         an ONNX graph with a dynamic batch dimension, checked with onnxruntime
+OUT ending in .safetensors writes the state_dict formats as safetensors.
 Beside OUT, OUT.json says how to build the model (stem changes, the classifier's
-replacement) and how to normalise its input; metacontrast.load_encoder(OUT) does it.
-Both are written or neither. An existing OUT is refused unless overwrite=true; the
-checkpoint being exported and a run's checkpoints are never written over.
+replacement) and how to normalise its input; metacontrast.load_encoder(OUT) does it
+(onnxruntime.InferenceSession(OUT) for onnx). Both are written or neither. An existing
+OUT is refused unless overwrite=true; the checkpoint being exported and a run's
+checkpoints are never written over.
 
 examples:
   metacontrast export checkpoint=runs/X/checkpoints/step-000000100.pt format=torchvision out=r18.pt
+  metacontrast export checkpoint=runs/X format=torchvision out=r18.safetensors
+  metacontrast export checkpoint=runs/X format=onnx out=encoder.onnx
   python -c 'import metacontrast; print(metacontrast.load_encoder("r18.pt"))'""",
     "plugins": """Lists each installed plugin, the components it registers, and the options of
 every config group (what to type after group=).""",
@@ -101,9 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(sub, "eval", "evaluate a checkpoint's encoder",
          overrides="checkpoint=PATH (required: a file, or a run directory: its newest checkpoint), "
                    "then overrides of the stored config")
-    _add(sub, "export", "write a checkpoint's encoder as a torchvision, timm or plain state_dict",
+    _add(sub, "export", "write a checkpoint's encoder as a torchvision, timm or plain state_dict, or ONNX",
          overrides="checkpoint=PATH (a file, or a run directory: its last checkpoint) "
-                   "format=torchvision|timm|state_dict out=FILE [overwrite=true]")
+                   "format=torchvision|timm|state_dict|onnx out=FILE [overwrite=true]")
     _add(sub, "plugins", "list plugins, their components and the config options")
     _add(sub, "config", "print the composed config", overrides="hydra overrides, as for train")
     multirun = _add(sub, "multirun", "one train per combination of the swept values",

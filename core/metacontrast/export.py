@@ -13,6 +13,10 @@ The pair is written whole or not at all: both files go to temporary names first 
 renamed into place together. Export never writes over its own source, a run's
 checkpoints, or (unless ``overwrite=True``) any file that exists.
 
+``out`` ending in ``.safetensors`` holds the same tensors in safetensors' format
+(``safetensors.torch.load_file``). ``format=onnx`` writes the encoder as an ONNX graph
+instead (``metacontrast.export_onnx``), checked with onnxruntime the same way.
+
 ``load_encoder(out)`` does the same building and returns the model in eval mode.
 """
 
@@ -39,7 +43,9 @@ from metacontrast.checkpoint import (
 )
 from metacontrast.config import ConfigError
 
-FORMATS = ("torchvision", "timm", "state_dict")
+FORMATS = ("torchvision", "timm", "state_dict", "onnx")
+STATE_FORMATS = FORMATS[:3]  # a state_dict for a model; onnx is a graph with its weights
+SAFETENSORS_SUFFIX = ".safetensors"
 EXPORT_VERSION = 1
 _REPLACEMENTS = {"Identity": nn.Identity, "Conv2d": nn.Conv2d}
 
@@ -76,11 +82,12 @@ def check_destination(out: Path, checkpoint: Path, overwrite: bool) -> None:
                           f"give another out=, or add overwrite=true to replace it")
 
 
-def _write_pair(state: dict[str, Any], meta_text: str, out: Path) -> None:
-    """``out`` (the weights) and ``out.json`` whole or not at all: both written to temporary
-    files first (where a full disk fails), then renamed into place."""
+def _write_pair(weights: dict[str, Any] | bytes, meta_text: str, out: Path) -> None:
+    """``out`` (the weights: a state dict for ``torch.save``, or bytes already serialised)
+    and ``out.json`` whole or not at all: both written to temporary files first (where a
+    full disk fails), then renamed into place."""
     meta_path = _metadata_path(out)
-    weights_tmp = write_temporary(state, out, what="encoder weights")
+    weights_tmp = write_temporary(weights, out, what="encoder weights")
     text_tmp = None
     try:
         fd, name = tempfile.mkstemp(prefix=f".{meta_path.name}.", suffix=".tmp", dir=out.parent)
@@ -112,8 +119,10 @@ class ExportedEncoder:
 
     def describe(self) -> str:
         m = self.metadata
+        checked = ("onnxruntime runs the graph with the encoder's features" if m["format"] == "onnx"
+                   else f"the {m['library']} model gives the encoder's features")
         lines = [f"wrote {self.weights} ({m['format']}, {m['out_dim']}-d features) and {self.weights}.json",
-                 f"checked: the {m['library']} model gives the encoder's features "
+                 f"checked: {checked} "
                  f"(largest difference {m['check']['max_abs_diff']:.2g} on random images)",
                  "load it:", *(f"    {line}" for line in m["load"].splitlines())]
         return "\n".join(lines)
@@ -138,7 +147,12 @@ def _load_snippet(meta: dict[str, Any], weights: Path) -> str:
         named = (f"{k}={v!r}" for k, v in spec.get("kwargs", {}).items())
         args = ", ".join([*map(repr, spec.get("args", [])), *named])
         lines.append(f"model.{_attribute_path(path)} = torch.nn.{spec['type']}({args})")
-    lines.append(f"model.load_state_dict(torch.load({str(weights)!r}, weights_only=True), strict=True)")
+    if meta.get("weights") == "safetensors":
+        imports = sum(1 for line in lines if line.startswith("import "))
+        lines.insert(imports, "from safetensors.torch import load_file")
+        lines.append(f"model.load_state_dict(load_file({str(weights)!r}), strict=True)")
+    else:
+        lines.append(f"model.load_state_dict(torch.load({str(weights)!r}, weights_only=True), strict=True)")
     lines.append("model.eval()  # or: metacontrast.load_encoder(path) does all of this")
     return "\n".join(lines)
 
@@ -250,18 +264,73 @@ def _check_same_features(encoder: nn.Module, model: nn.Module, facts: dict[str, 
     return diff
 
 
+def _weights_encoding(fmt: str, out: Path) -> str:
+    """How the weights file is written: ``torch`` (``torch.save``), ``safetensors`` (``out``
+    ends in ``.safetensors``) or ``onnx`` (``format=onnx``)."""
+    if fmt == "onnx":
+        if out.suffix == SAFETENSORS_SUFFIX:
+            raise ConfigError(f"out={out}: format=onnx writes an ONNX graph, not safetensors; name the file "
+                              f"{out.with_suffix('.onnx').name}")
+        return "onnx"
+    return "safetensors" if out.suffix == SAFETENSORS_SUFFIX else "torch"
+
+
+def _serialise(state: dict[str, Any], encoding: str) -> dict[str, Any] | bytes:
+    if encoding == "torch":
+        return state
+    try:
+        from safetensors.torch import save
+    except ImportError:
+        raise ExportError("out=*.safetensors needs the safetensors package: "
+                          "pip install safetensors") from None
+    return save({k: v.contiguous() for k, v in state.items()}, metadata={"format": "pt"})
+
+
 def write_export(checkpoint: Path, fmt: str, out: Path, overwrite: bool = False) -> ExportedEncoder:
     """Write the encoder of ``checkpoint`` (a file, or a run directory: its last one) to
-    ``out`` (a ``state_dict``) and ``out.json``, both or neither. An existing ``out`` is
+    ``out`` (a ``state_dict``; safetensors when ``out`` ends in ``.safetensors``; an ONNX
+    graph for ``fmt="onnx"``) and ``out.json``, both or neither. An existing ``out`` is
     refused unless ``overwrite``; the source checkpoint and a run's checkpoints always."""
     if fmt not in FORMATS:
         raise ConfigError(f"format: {fmt!r} is not a format; choose one of {', '.join(FORMATS)}")
     checkpoint, out = latest_checkpoint(Path(checkpoint)), Path(out)
+    encoding = _weights_encoding(fmt, out)
     check_destination(out, checkpoint, overwrite)
     encoder, info, cfg = _checkpoint_encoder(checkpoint)
     facts = info["facts"]
-    meta: dict[str, Any] = {"metacontrast_export": EXPORT_VERSION, "format": fmt,
+    meta: dict[str, Any] = {"metacontrast_export": EXPORT_VERSION, "format": fmt, "weights": encoding,
                             "out_dim": int(getattr(encoder, "out_dim", 0)), "source": info["source"]}
+    if fmt == "onnx":
+        weights, repeat_grey = _onnx_export(encoder, facts, meta, str(cfg.encoder.name))
+    else:
+        module, repeat_grey = _library_model(encoder, fmt, facts, meta, cfg)
+        state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        weights = _serialise(state, encoding)
+    meta["input"] = {"channels": 3 if repeat_grey else int(facts["in_channels"]),
+                     "image_size": int(facts["image_size"]),
+                     "mean": list(facts["mean"]) * (3 if repeat_grey and len(facts["mean"]) == 1 else 1),
+                     "std": list(facts["std"]) * (3 if repeat_grey and len(facts["std"]) == 1 else 1),
+                     "range": "pixels in [0, 1], then (x - mean) / std per channel"}
+    meta["facts"] = facts
+    if fmt == "onnx":
+        from metacontrast.export_onnx import onnx_snippet
+
+        meta["load"] = onnx_snippet(str(out), meta["input"]["channels"], meta["input"]["image_size"])
+    else:
+        meta["load"] = _load_snippet(meta, out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CheckpointWriteError(f"out={out}: cannot make {out.parent}: {err.strerror or err}") from None
+    _write_pair(weights, json.dumps(meta, indent=2) + "\n", out)
+    return ExportedEncoder(weights=out, metadata=meta)
+
+
+def _library_model(encoder: nn.Module, fmt: str, facts: dict[str, Any], meta: dict[str, Any],
+                   cfg: Any) -> tuple[nn.Module, bool]:
+    """The module whose ``state_dict`` is exported for state-dict format ``fmt``, and whether
+    grey images are repeated to 3 channels; the library's model is built from ``meta``
+    (filled in here), loaded strictly and checked to give the encoder's features."""
     if fmt == "state_dict":
         from omegaconf import OmegaConf
 
@@ -273,9 +342,9 @@ def write_export(checkpoint: Path, fmt: str, out: Path, overwrite: bool = False)
     else:
         spec = encoder.export_spec(fmt)
         if spec is None:
-            offered = [f for f in FORMATS[:-1] if encoder.export_spec(f) is not None] + ["state_dict"]
+            offered = [f for f in ("torchvision", "timm") if encoder.export_spec(f) is not None]
             raise ConfigError(f"format: encoder {cfg.encoder.name!r} has no {fmt} counterpart; its formats: "
-                              f"{', '.join(offered)}")
+                              f"{', '.join([*offered, 'state_dict', 'onnx'])}")
         module, repeat_grey = spec.module, spec.repeat_grey
         meta.update(library=spec.library, builder=spec.builder, kwargs=dict(spec.kwargs),
                     replace={k: dict(v) for k, v in spec.replace.items()})
@@ -286,22 +355,24 @@ def write_export(checkpoint: Path, fmt: str, out: Path, overwrite: bool = False)
         raise ExportError(f"the {fmt} model does not take the encoder's weights: "
                           f"{str(err).splitlines()[0]}") from None
     model.eval()
-    meta["input"] = {"channels": 3 if repeat_grey else int(facts["in_channels"]),
-                     "image_size": int(facts["image_size"]),
-                     "mean": list(facts["mean"]) * (3 if repeat_grey and len(facts["mean"]) == 1 else 1),
-                     "std": list(facts["std"]) * (3 if repeat_grey and len(facts["std"]) == 1 else 1),
-                     "range": "pixels in [0, 1], then (x - mean) / std per channel"}
-    meta["facts"] = facts
-    meta["check"] = {"max_abs_diff": _check_same_features(encoder, model, facts, repeat_grey),
-                     "images": 4}
-    meta["load"] = _load_snippet(meta, out)
-    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    meta["check"] = {"max_abs_diff": _check_same_features(encoder, model, facts, repeat_grey), "images": 4}
+    return module, repeat_grey
+
+
+def _onnx_export(encoder: nn.Module, facts: dict[str, Any], meta: dict[str, Any],
+                 name: str) -> tuple[bytes, bool]:
+    """The encoder's ONNX graph (checked with onnxruntime); fills ``meta``."""
+    from metacontrast.export_onnx import OnnxExportError, check_onnx, onnx_bytes, onnx_description
+
+    shape = (int(facts["in_channels"]), int(facts["image_size"]), int(facts["image_size"]))
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise CheckpointWriteError(f"out={out}: cannot make {out.parent}: {err.strerror or err}") from None
-    _write_pair(state, json.dumps(meta, indent=2) + "\n", out)
-    return ExportedEncoder(weights=out, metadata=meta)
+        data = onnx_bytes(encoder, shape, name)
+        check = check_onnx(data, encoder, shape)
+    except OnnxExportError as err:
+        raise ExportError(str(err)) from None
+    meta.update(library="onnx", builder="onnxruntime.InferenceSession", replace={}, kwargs={},
+                **onnx_description(shape, meta["out_dim"]), check=check)
+    return data, False
 
 
 def load_encoder_from(meta: dict[str, Any], facts: dict[str, Any]) -> nn.Module:
@@ -333,10 +404,10 @@ def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> 
         raise ExportError(f"{meta_path}: not an export description ({err})") from None
     if meta.get("metacontrast_export") != EXPORT_VERSION:
         raise ExportError(f"{meta_path}: not an export description of version {EXPORT_VERSION}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise ExportError(f"{path} cannot be loaded safely (weights_only=True): {err}") from None
+    if meta.get("weights") == "onnx":
+        raise ExportError(f"{path} is an ONNX graph: run it with onnxruntime (the snippet is 'load' in "
+                          f"{meta_path.name}); load_encoder builds torch models from state-dict exports")
+    state = _read_state(path, meta, map_location)
     model = load_encoder_from(meta, meta["facts"])
     try:
         model.load_state_dict(state, strict=True)
@@ -344,3 +415,20 @@ def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> 
         raise ExportError(f"{path}: the weights do not fit the model {meta_path} describes: "
                           f"{str(err).splitlines()[0]}") from None
     return model.to(map_location).eval()
+
+
+def _read_state(path: Path, meta: dict[str, Any], map_location: str | torch.device) -> dict[str, Any]:
+    """The tensors of a state-dict export, read without running any code from the file."""
+    if meta.get("weights") == "safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise ExportError(f"{path} is a safetensors file: pip install safetensors") from None
+        try:
+            return load_file(path, device=str(map_location))
+        except Exception as err:
+            raise ExportError(f"{path} is not a readable safetensors file: {err}") from None
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise ExportError(f"{path} cannot be loaded safely (weights_only=True): {err}") from None
