@@ -6,7 +6,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-PLUGINS := plugins/kornia plugins/simclr plugins/metassl plugins/faiss plugins/moco plugins/clsa plugins/metaug plugins/classic plugins/tabular plugins/timm
+PLUGINS := plugins/kornia plugins/simclr plugins/metassl plugins/faiss plugins/moco plugins/clsa plugins/metaug plugins/classic plugins/tabular plugins/timm plugins/wandb plugins/mlflow
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.metacontrast-installed
 TRAIN_ARGS ?= experiment=digits_simclr

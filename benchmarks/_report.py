@@ -106,7 +106,7 @@ def train_experiment(label: str, run_dir: Path, overrides: list[str]) -> dict[st
     import sys
 
     cmd = [sys.executable, "-m", "metacontrast.cli", "train", *overrides, f"trainer.run_dir={run_dir}",
-           "trainer.progress=false", "trainer.tensorboard=false", "trainer.resume=never"]
+           "trainer.progress=false", "logger=[jsonl]", "trainer.resume=never"]
     started = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:

@@ -56,7 +56,7 @@ TORCH_START_S = 20.0  # a torch competitor imports torch and builds its run befo
 def _training(scratch: Path, i: int) -> subprocess.Popen:
     command = [sys.executable, "-m", "metacontrast.cli", "train", "experiment=digits_simclr",
                "trainer.max_steps=1000000", "trainer.epochs=100000", "trainer.progress=false",
-               "trainer.tensorboard=false", "trainer.checkpoint_every=0", "evaluation.baselines=[]",
+               "logger=[jsonl]", "trainer.checkpoint_every=0", "evaluation.baselines=[]",
                f"trainer.run_dir={scratch / f'competitor-{i}'}"]
     env = {k: v for k, v in os.environ.items() if k != "METACONTRAST_THREAD_POLICY"}
     return subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -104,7 +104,7 @@ def worker(args: argparse.Namespace) -> None:
     from metacontrast.records import Batch
 
     overrides = json.loads(args.overrides)
-    cfg = compose_config(["experiment=digits_simclr", "trainer.progress=false", "trainer.tensorboard=false",
+    cfg = compose_config(["experiment=digits_simclr", "trainer.progress=false", "logger=[jsonl]",
                           "trainer.device=cpu", *overrides])
     run = trainer.setup(cfg)
     step_fn = run.plugins.make_train_step(cfg, run.components)

@@ -45,7 +45,7 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: Any
         f"trainer.batch_size={args.batch}",
         "trainer.device=cpu", f"trainer.threads={threads}", "trainer.forward_chunks=1",
         "trainer.run_dir=/tmp/mc-ddp-bench", f"data.train_subset={2 * args.batch}", "data.test_subset=16",
-        "trainer.progress=false", "trainer.tensorboard=false"])
+        "trainer.progress=false", "logger=[jsonl]"])
     run = trainer.setup(cfg)
     step_fn = run.plugins.make_train_step(cfg, run.components)
     per = args.batch // world

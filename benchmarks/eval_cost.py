@@ -41,7 +41,7 @@ def main() -> None:
     cfg = compose_config(["experiment=cifar10_simclr_resnet18", f"data.root={args.data_root}",
                           f"trainer.device={args.device}", f"evaluation.train_subset={args.bank}",
                           f"data.test_subset={args.test}", "trainer.run_dir=/tmp/mc-eval-bench",
-                          "trainer.progress=false", "trainer.tensorboard=false"])
+                          "trainer.progress=false", "logger=[jsonl]"])
     run = trainer.setup(cfg)
     step_fn = run.plugins.make_train_step(cfg, run.components)
     b = int(cfg.trainer.batch_size)

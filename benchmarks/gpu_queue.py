@@ -202,7 +202,7 @@ def run_capped(cmd: list[str] | str, cap_s: float, log: Path, env: dict[str, str
 def train_command(entry: dict[str, Any], run_dir: Path, data_root: str, python: str, dry: bool) -> list[str]:
     return [python, "-m", "metacontrast.cli", "train", f"experiment={entry['experiment']}",
             f"data.root={data_root}", f"trainer.run_dir={run_dir}", "trainer.progress=false",
-            "trainer.tensorboard=false", *entry.get("overrides", []), *(DRY_OVERRIDES if dry else [])]
+            "logger=[jsonl]", *entry.get("overrides", []), *(DRY_OVERRIDES if dry else [])]
 
 
 def _rows(run_dir: Path) -> list[dict[str, Any]]:
@@ -292,7 +292,7 @@ def run_entry(entry: dict[str, Any], cap_s: float, *, workdir: Path, data_root: 
     record = next(r for r in reversed(entry["runs"]) if r.get("run_dir") == str(run_dir))
     command = train_command(entry, run_dir, data_root, python, dry)
     record["command"] = " ".join(["metacontrast", *(a for a in command[3:] if not a.startswith(
-        ("trainer.run_dir=", "trainer.progress=", "trainer.tensorboard=")))])
+        ("trainer.run_dir=", "trainer.progress=", "logger=")))])
     code = run_capped(command, cap_s, log, env)
     results_path = run_dir / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else None

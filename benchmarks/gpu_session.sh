@@ -214,7 +214,7 @@ esac
 CAP=$(( $(left) - 40 ))
 [ "$CAP" -gt "$CAP_MAX" ] && CAP=$CAP_MAX
 TTA=(train "experiment=$RECIPE" "data.root=$DATA" "trainer.run_dir=$TTA_DIR" trainer.progress=false
-     trainer.tensorboard=false "${VARIANT_OVERRIDES[@]}" "${TTA_EXTRA[@]}")
+     'logger=[jsonl]' "${VARIANT_OVERRIDES[@]}" "${TTA_EXTRA[@]}")
 if [ "$CAP" -ge 30 ]; then
     say "== time to accuracy ($VARIANT variant), capped at $CAP s: metacontrast ${TTA[*]}"
     t0=$(date +%s)

@@ -84,7 +84,7 @@ def overrides(args: argparse.Namespace, name: str) -> list[str]:
     return [*extra, f"data.root={args.data_root}", f"trainer.batch_size={batch}",
             f"trainer.device={args.device}", "trainer.forward_chunks=1", "trainer.run_dir=/tmp/mc-bench",
             f"data.train_subset={max(2 * batch, 512)}", "data.test_subset=16", "trainer.progress=false",
-            "trainer.tensorboard=false"]
+            "logger=[jsonl]"]
 
 
 def build(args: argparse.Namespace, name: str) -> tuple[Any, Any]:

@@ -39,7 +39,7 @@ def scratch_cache(tmp_path_factory: pytest.TempPathFactory):
 TINY = [
     "experiment=digits_simclr", "trainer=debug", f"trainer.device={TEST_DEVICE}", "trainer.resume=never",
     "eval.knn.k=5", "eval.linear.max_iter=5", "evaluation.train_subset=200",
-    "data.test_subset=100", "trainer.batch_size=16", "trainer.max_steps=2", "trainer.epochs=1",
+    "data.test_subset=100", "trainer.batch_size=16", "trainer.max_steps=2", "trainer.epochs=1", "logger=[jsonl]",
 ]
 
 

@@ -15,8 +15,10 @@ import pytest
 import torch
 
 from metacontrast import graphs
+from metacontrast.builtin.loggers import JsonlLogger
 from metacontrast.config import ConfigError, compose_config
-from metacontrast.metrics import MetricsLogger
+from metacontrast.interfaces import RunStart
+from metacontrast.metrics import RunLog
 from metacontrast.records import Batch
 from metacontrast.trainer import setup, train_steps
 from metacontrast_kornia import ops
@@ -60,8 +62,7 @@ def _train(overrides: list[str], run_dir, graphed: bool, monkeypatch, steps: int
         graphs_hookimpl(lambda state: losses.append(float(state.terms.total))))})(), "watch")
     run_dir.mkdir(parents=True, exist_ok=True)
     with ops.selection("mask"):
-        train_steps(run, MetricsLogger(run_dir, enabled=False, total_steps=steps, initial_step=0, progress=False,
-                                       tensorboard=False))
+        train_steps(run, RunLog({}, total_steps=steps, initial_step=0, progress=False))
     return run, losses
 
 
@@ -99,7 +100,7 @@ def test_a_step_that_waits_for_the_device_is_refused_naming_the_place(colour_npz
     run = setup(cfg)
     run.cfg.trainer.cuda_graphs = True
     monkeypatch.setattr(graphs, "default_capture", lambda run: graphs.RerunCapture())
-    logger = MetricsLogger(tmp_path, enabled=False, total_steps=4, initial_step=0, progress=False, tensorboard=False)
+    logger = RunLog({}, total_steps=4, initial_step=0, progress=False)
     with ops.selection("subset"), pytest.raises(ConfigError, match=r"trainer.cuda_graphs: the step makes the host "
                                                                    r"wait for the device at ops.py:\d+"):
         train_steps(run, logger)  # the CPU's own view path finds its rows with nonzero
@@ -119,8 +120,10 @@ def test_on_a_gpu_the_captured_step_trains_as_the_eager_one(colour_npz, tmp_path
                               f"trainer.cuda_graphs={str(graphed).lower()}", f"trainer.run_dir={run_dir}"])
         run = setup(cfg)
         run_dir.mkdir(parents=True, exist_ok=True)
-        train_steps(run, MetricsLogger(run_dir, enabled=True, total_steps=6, initial_step=0, progress=False,
-                                       tensorboard=False))
+        log = RunLog({"jsonl": JsonlLogger(None, None)}, total_steps=6, initial_step=0, progress=False)
+        log.start(RunStart(run_dir=run_dir, config={}, step=0, total_steps=6, resumed=False))
+        train_steps(run, log)
+        log.close("finished")
         import json
 
         losses[graphed] = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

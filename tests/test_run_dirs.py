@@ -311,7 +311,7 @@ def test_retention_never_deletes_the_checkpoint_just_written(tmp_path):
 
 def _full_disk_run(run_dir: Path, capsys) -> str:
     overrides = [*RESUMING, f"trainer.run_dir={run_dir}", "trainer.checkpoint_every=1", "trainer.max_steps=3",
-                 "trainer.tensorboard=false", "evaluation.baselines=[]"]
+                 "logger=[jsonl]", "evaluation.baselines=[]"]
     assert cli.main(["train", *overrides]) == 1  # an operating-system error: exit 1, as the README says
     err = capsys.readouterr().err
     assert "No space left on device" in err and "Traceback" not in err and "enforce fail" not in err
@@ -335,7 +335,7 @@ def test_a_real_full_disk_says_so_and_the_same_command_resumes_once_there_is_spa
 
     run_dir = small_tmpfs / "run"
     overrides = [*RESUMING, f"trainer.run_dir={run_dir}", "trainer.checkpoint_every=1", "trainer.max_steps=3",
-                 "trainer.tensorboard=false", "evaluation.baselines=[]", "encoder.hidden=96"]
+                 "logger=[jsonl]", "evaluation.baselines=[]", "encoder.hidden=96"]
     assert cli.main(["train", *overrides]) == 1
     err = capsys.readouterr().err
     assert "No space left on device" in err and str(run_dir) in err and "enforce fail" not in err

@@ -107,7 +107,7 @@ def test_skip_policy_skips_counts_and_saves(tmp_path):
 
 
 def test_skipped_step_leaves_the_weights_untouched(tmp_path):
-    from metacontrast.metrics import MetricsLogger
+    from metacontrast.metrics import RunLog
     from metacontrast.trainer import train_steps
 
     cfg = compose_config([*TINY, "+loss.nan_at_steps.weight=1.0", "trainer.max_steps=1",
@@ -115,8 +115,7 @@ def test_skipped_step_leaves_the_weights_untouched(tmp_path):
     run = setup(cfg, PluginManager(extra=[_nan_plugin([0])]))
     before = {k: v.clone() for k, v in run.model.state_dict().items() if v.dtype.is_floating_point}
     (tmp_path / "run").mkdir()
-    train_steps(run, MetricsLogger(tmp_path / "run", enabled=False, total_steps=1, initial_step=0,
-                                   progress=False, tensorboard=False))
+    train_steps(run, RunLog({}, total_steps=1, initial_step=0, progress=False))
     after = run.model.state_dict()
     for k, v in before.items():
         if "running" not in k:  # BN statistics move in the forward pass, as they should
@@ -178,7 +177,7 @@ def test_a_non_finite_term_without_gradient_still_halts(tmp_path):
 
 
 def test_a_non_finite_first_micro_batch_is_named_and_skips_the_step(tmp_path):
-    from metacontrast.metrics import MetricsLogger
+    from metacontrast.metrics import RunLog
     from metacontrast.trainer import train_steps
 
     base = [*TINY, "+loss.nan_at_steps.weight=1.0", "trainer.batch_size=8", "trainer.accumulate=2",
@@ -190,8 +189,7 @@ def test_a_non_finite_first_micro_batch_is_named_and_skips_the_step(tmp_path):
                 PluginManager(extra=[_nan_plugin([0])]))
     before = {k: v.clone() for k, v in run.model.named_parameters()}
     (tmp_path / "skip").mkdir()
-    train_steps(run, MetricsLogger(tmp_path / "skip", enabled=False, total_steps=1, initial_step=0,
-                                   progress=False, tensorboard=False))
+    train_steps(run, RunLog({}, total_steps=1, initial_step=0, progress=False))
     assert run.position.skipped == 1
     assert all(torch.equal(p, before[k]) for k, p in run.model.named_parameters())
 
@@ -203,7 +201,7 @@ def test_a_training_step_reads_the_device_once(tmp_path, monkeypatch):
     """Between logging steps the loop reads a tensor back to the host once per optimizer
     step (the finite-ness flags): no per-step ``.item()`` of losses or norms, so a GPU's
     queue is never drained more than once a step by the trainer."""
-    from metacontrast.metrics import MetricsLogger
+    from metacontrast.metrics import RunLog
     from metacontrast.trainer import train_steps
 
     steps = 5
@@ -220,8 +218,7 @@ def test_a_training_step_reads_the_device_once(tmp_path, monkeypatch):
 
         monkeypatch.setattr(torch.Tensor, name, counted)
     (tmp_path / "run").mkdir()
-    logger = MetricsLogger(tmp_path / "run", enabled=False, total_steps=steps, initial_step=0,
-                           progress=False, tensorboard=False)
+    logger = RunLog({}, total_steps=steps, initial_step=0, progress=False)
     train_steps(run, logger)
     # one flags read per step, plus one read of the metrics row at the last step
     assert reads == ["tolist"] * (steps + 1), reads
@@ -275,7 +272,7 @@ def test_a_time_limit_ends_the_loop_and_results_say_the_schedule_did_not_complet
     """``trainer.time_limit_s`` ends the loop at a step boundary; the run is evaluated and
     finished as usual, and results.json, the summary and the report say why it ended.
     The checkpoint remembers the early end, so resuming it takes no further step."""
-    from metacontrast.metrics import MetricsLogger
+    from metacontrast.metrics import RunLog
     from metacontrast.report import write_report
     from metacontrast.summary import summary_lines
     from metacontrast.trainer import load_resume_checkpoint, restore, train_steps
@@ -294,8 +291,7 @@ def test_a_time_limit_ends_the_loop_and_results_say_the_schedule_did_not_complet
     assert (run.ended_by, run.total_steps, run.schedule_steps) == ("time_limit", 1, 12)
     # a checkpoint from before the early end (a run stopped by a signal) whose time has run out
     run.ended_by, run.total_steps, run.position.step = None, 12, 0
-    train_steps(run, MetricsLogger(run_dir, enabled=False, total_steps=12, initial_step=0, progress=False,
-                                   tensorboard=False))
+    train_steps(run, RunLog({}, total_steps=12, initial_step=0, progress=False))
     assert (run.position.step, run.ended_by) == (0, "time_limit")
 
 

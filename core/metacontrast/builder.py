@@ -15,6 +15,7 @@ from metacontrast.interfaces import (
     EpisodeBuilder,
     Evaluator,
     Head,
+    Logger,
     Memory,
     ViewGenerator,
     ViewTransform,
@@ -132,7 +133,8 @@ def check_component_configs(cfg: DictConfig, plugins: PluginManager) -> None:
     for kind, key in (("solver", "solver"), ("memory", "memory")):
         if OmegaConf.select(cfg, key) is not None:
             sections.append((kind, key, _node(cfg, key)))
-    for kind, key in (("view_generator", "view_transforms"), ("loss", "loss"), ("evaluator", "eval")):
+    for kind, key in (("view_generator", "view_transforms"), ("loss", "loss"), ("evaluator", "eval"),
+                      ("logger", "logger")):
         for name, params in _named_map(cfg, key).items():
             params = {k: v for k, v in params.items() if not (kind == "loss" and k == "weight")}
             sections.append((kind, f"{key}.{name}", {"name": name, **params}))
@@ -141,6 +143,9 @@ def check_component_configs(cfg: DictConfig, plugins: PluginManager) -> None:
         cls = plugins.get(kind, str(params.pop("name")), key=f"{key}.name")
         check_view_kind(key, cls, plugins)
         component_config(cls, key, params)
+        missing = cls.unavailable() if kind == "logger" else None
+        if missing:
+            raise ConfigError(f"{key}: {missing}; or leave it out of logger=[...]")
     check_inputs_are_read(cfg, plugins)
 
 
@@ -267,3 +272,12 @@ def build_components(cfg: DictConfig, plugins: PluginManager, context: BuildCont
     return Components(view_generator=view_generator, view_transforms=transforms,
                       episode_builder=episode_builder, model=model, memory=memory,
                       evaluators=evaluators, context=context)
+
+
+def build_loggers(cfg: DictConfig, plugins: PluginManager, context: BuildContext) -> dict[str, Logger]:
+    """The loggers of the name-keyed ``logger`` map (built on rank 0 only)."""
+    loggers: dict[str, Logger] = {}
+    for name, params in _named_map(cfg, "logger").items():
+        loggers[name] = build_one(plugins, "logger", f"logger.{name}", {"name": name, **params}, context)
+        loggers[name].key = name
+    return loggers

@@ -11,6 +11,7 @@ name-keyed ``loss`` and ``eval`` maps) are checked against the chosen component'
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -184,7 +185,7 @@ class TrainerConfig:
     run_dir: Optional[str] = None  # noqa: UP045
     resume: str = "auto"
     progress: bool = True
-    tensorboard: bool = True
+    tensorboard: Optional[bool] = None  # noqa: UP045  (deprecated: logger=[...] chooses; see DEPRECATED_KEYS)
     threads: int = 0  # 0: the cores the process can use (metacontrast.threads)
     tune_host_malloc: bool = True
     grad_clip_norm: float = 0.0
@@ -265,6 +266,7 @@ class Config:
     loss: Any = field(default_factory=dict)
     memory: Any = None
     eval: Any = field(default_factory=dict)
+    logger: Any = field(default_factory=dict)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -324,8 +326,28 @@ def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str
     finally:
         GlobalHydra.instance().clear()
     _select_listed(cfg, overrides, "eval", searchpath)
+    _select_listed(cfg, overrides, "logger", searchpath)
+    apply_deprecated_keys(cfg)
     check_values(cfg)
     return cfg
+
+
+def apply_deprecated_keys(cfg: DictConfig) -> None:
+    """Keys that still work for one release, with a message naming what replaces them:
+    ``trainer.tensorboard=true|false`` adds or removes the ``tensorboard`` logger."""
+    old = OmegaConf.select(cfg, "trainer.tensorboard")
+    if old is None:
+        return
+    loggers = [str(k) for k in (OmegaConf.select(cfg, "logger") or {})]
+    chosen = [n for n in loggers if n != "tensorboard"] + (["tensorboard"] if old else [])
+    print(f"trainer.tensorboard is deprecated and goes in the next release: loggers are chosen with "
+          f"logger=[{','.join(chosen)}] (applied for now)", file=sys.stderr)
+    with open_dict(cfg):
+        if old and "tensorboard" not in loggers:
+            cfg.logger.tensorboard = {}
+        elif not old and "tensorboard" in loggers:
+            del cfg.logger["tensorboard"]
+        cfg.trainer.tensorboard = None
 
 
 def _option_keys(group: str, option: str, searchpath: list[str] | tuple[str, ...]) -> set[str]:

@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import attrs
 import torch
 from torch import Tensor, nn
 
@@ -121,3 +122,10 @@ def project_2d(x: Tensor, y: Tensor, *, max_points: int, seed: int, method: str 
     explained = (var[:2] / var.sum().clamp_min(1e-12))
     explained = torch.cat([explained, torch.zeros(2 - explained.numel())])
     return {"points": points, "labels": y, "explained": explained, "method": "pca"}
+
+
+def protocol_settings(evaluator: Any) -> dict[str, Any]:
+    """An evaluator's effective settings (its config with every default filled in)."""
+    config = evaluator.config
+    settings = attrs.asdict(config) if attrs.has(type(config)) else {}
+    return {"name": evaluator.NAME, **settings}

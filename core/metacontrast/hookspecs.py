@@ -46,6 +46,7 @@ if TYPE_CHECKING:
         EpisodeBuilder,
         Evaluator,
         Head,
+        Logger,
         Loss,
         Memory,
         Solver,
@@ -230,6 +231,23 @@ def metacontrast_register_evaluators() -> list[type[Evaluator]]:
     SGD, closed form, augmented), `few_shot`, `semi_supervised`, `transfer`
     ([evaluation.md](evaluation.md)). `metacontrast-faiss`: `knn_faiss`. Two evaluators
     reporting one metric name are an error naming both.
+    """
+
+
+@hookspec
+def metacontrast_register_loggers() -> list[type[Logger]]:
+    """Returns `Logger` subclasses: where a run's results go, selected as a name-keyed map
+    (`logger=[jsonl, tensorboard, wandb]`, several at once). Built on rank 0 only; each
+    receives `start(RunStart)` once (run directory, the config, the step training starts
+    from, whether it resumes), `log_metrics(row)` for each logging step, `log_evaluation(row,
+    protocols)` for each periodic evaluation, `log_figures({name: png})` after training when
+    it sets `WANTS_FIGURES`, `log_summary(results)` (the content of `results.json`) and
+    `close(status)` (`finished`, `stopped` or `failed`). A logger whose store cannot forget
+    rows sets `live = False` and receives a row only once a checkpoint holds its step (each
+    step exactly once across a kill and resume). `unavailable()` names a missing package; it
+    is checked on every rank before any data is read. Built in: `jsonl` (`metrics.jsonl`),
+    `tensorboard`. `metacontrast-wandb`: `wandb`. `metacontrast-mlflow`: `mlflow`. See
+    [logging.md](logging.md).
     """
 
 

@@ -8,6 +8,7 @@ path) and calls ``cls(config, context)``.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import attrs
@@ -312,6 +313,104 @@ class Evaluator:
         return self.evaluate(train, test)
 
 
+@attrs.frozen
+class RunStart:
+    """What a logger is told once, before the first row.
+
+    ``run_dir``: the run directory (a logger keeps its own files and ids there).
+    ``config``: the composed config as plain Python (resolved). ``step``: the optimizer
+    step training starts from (0 for a new run). ``resumed``: the run continues from a
+    checkpoint; rows after ``step`` that an earlier process logged are to be forgotten
+    where the store allows (they are logged again). ``total_steps``: where training ends.
+    ``method``/``dataset``: for a run's name."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    step: int
+    total_steps: int
+    resumed: bool
+    method: str = ""
+    dataset: str = ""
+
+
+class Logger:
+    """Where a run's results go: built on rank 0 only, from the name-keyed ``logger`` config
+    map (``logger=[jsonl, tensorboard]``), all of them receiving the same calls in this
+    order: ``start`` once; ``log_metrics`` for each logging step's row and
+    ``log_evaluation`` for each periodic evaluation's (both in step order, each step once);
+    after training ``log_figures`` (only when ``WANTS_FIGURES``) and ``log_summary``; last
+    ``close``, also after a failure.
+
+    A row is a dict with ``step`` (int), ``epoch``, ``wall_clock_s`` and float metrics
+    (``loss``, ``loss/<term>``, ``lr``, ``images_per_s``; evaluation rows ``eval/<metric>``).
+
+    ``LIVE``: rows arrive as they are logged. A store that cannot forget rows (a tracking
+    server) sets it ``False`` (or takes it from its config), and then receives a row only
+    once a checkpoint holds its step, so that a process killed between checkpoints never
+    leaves a step that the resumed run logs again: each step is logged exactly once.
+    ``unavailable()``: what is missing to run it (a package), checked on every rank before
+    any data is read."""
+
+    NAME: ClassVar[str]
+    Config: ClassVar[type] = NoConfig
+    LIVE: ClassVar[bool] = True
+    WANTS_FIGURES: ClassVar[bool] = False
+
+    def __init__(self, config: Any, context: BuildContext | None) -> None:
+        self.config = config
+        self.key = self.NAME
+        self.live = self.LIVE
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why this logger cannot run here (``"pip install X"``), or ``None``."""
+        return None
+
+    def recorded_steps(self) -> set[int] | None:
+        """For a logger that is not live, called after ``start`` when the run resumes: the
+        steps whose rows its store already holds (``None``: it cannot tell). The rows up to
+        the resumed step that it lacks (a killed process never handed them over, or the
+        store lost them) are handed over again, in order, before training goes on."""
+        return None
+
+    @staticmethod
+    def recall(run_dir: Path, name: str) -> dict[str, Any] | None:
+        """What ``remember`` kept in ``<run_dir>/<name>`` (a tracking run's id), or ``None``."""
+        import json
+
+        path = Path(run_dir) / name
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    @staticmethod
+    def remember(run_dir: Path, name: str, data: dict[str, Any]) -> None:
+        """Keep ``data`` (JSON) in ``<run_dir>/<name>``, written whole or not at all, for every
+        later process of the run (a resume continues the same tracking run)."""
+        import json
+
+        from metacontrast.run_dirs import write_text_atomic
+
+        write_text_atomic(Path(run_dir) / name, json.dumps(data, indent=2) + "\n")
+
+    def start(self, start: RunStart) -> None:
+        """Called once, before any row."""
+
+    def log_metrics(self, row: dict[str, Any]) -> None:
+        """One logging step's row."""
+
+    def log_evaluation(self, row: dict[str, Any], protocols: dict[str, dict[str, Any]]) -> None:
+        """One periodic evaluation's row; ``protocols``: each evaluator's settings by name."""
+
+    def log_figures(self, figures: dict[str, Path]) -> None:
+        """The report's figures (PNG files under ``<run_dir>/report``), by name."""
+
+    def log_summary(self, results: dict[str, Any]) -> None:
+        """The content of ``results.json`` (final metrics, protocols, timing)."""
+
+    def close(self, status: str) -> None:
+        """The last call: ``status`` is ``finished``, ``stopped`` (a signal: the run resumes
+        later) or ``failed``."""
+
+
 class TrainStep(Protocol):
     """A method's step: ``step(batch, ctx) -> LossTerms`` (forward only; the trainer runs
     backward and the optimizer), and ``after_optimizer_step(step, total_steps)``, the one
@@ -331,6 +430,7 @@ COMPONENT_KINDS: dict[str, type] = {  # kind -> base class
     "loss": Loss,
     "memory": Memory,
     "evaluator": Evaluator,
+    "logger": Logger,
 }
 """Component kind -> base class."""
 
@@ -343,5 +443,6 @@ REGISTER_HOOKS: dict[str, str] = {
     "loss": "metacontrast_register_losses",
     "memory": "metacontrast_register_memories",
     "evaluator": "metacontrast_register_evaluators",
+    "logger": "metacontrast_register_loggers",
 }
 """Component kind -> the registration hook that returns classes of that kind."""

@@ -23,7 +23,7 @@ from metacontrast.checkpoint import checkpoint_path
 from metacontrast.data.files import loader_workers, stream_batches
 from metacontrast.graphs import GraphedStep
 from metacontrast.guards import StepHealth, clip_gradients
-from metacontrast.metrics import MetricsLogger
+from metacontrast.metrics import RunLog
 from metacontrast.records import Batch, LossTerms, StepInputs, StepState
 from metacontrast.resume import save_checkpoint
 from metacontrast.run_evaluation import periodic_evaluation
@@ -117,7 +117,7 @@ def _metrics_row(run: Run, terms: LossTerms, images: int, seconds: float) -> dic
     return row
 
 
-def _end_epoch(run: Run, logger: MetricsLogger, terms: LossTerms | None) -> None:
+def _end_epoch(run: Run, logger: RunLog, terms: LossTerms | None) -> None:
     pos, t = run.position, run.cfg.trainer
     pos.epoch += 1
     pos.batch = 0
@@ -266,7 +266,7 @@ def _graphed_step(run: Run, step_fn: Any, graphed: GraphedStep, batch: Batch) ->
     return terms
 
 
-def train_steps(run: Run, logger: MetricsLogger, stop: StopSignals | None = None) -> None:
+def train_steps(run: Run, logger: RunLog, stop: StopSignals | None = None) -> None:
     """Optimizer steps from ``run.position`` to ``run.total_steps``. Each step takes
     ``trainer.accumulate`` micro-batches (DDP synchronises gradients on the last only).
     ``stop``: signal flags looked at after every step (see ``metacontrast.signals``)."""

@@ -52,6 +52,7 @@ class RunRecord:
         for section, key in SEED_KEYS:
             if isinstance(config.get(section), dict):
                 config[section].pop(key, None)
+        config.pop("logger", None)  # where results go, not what was trained
         r = self.results
         what = [r.get("method"), r.get("encoder"), r.get("dataset"), r.get("steps"), r.get("global_batch"),
                 r.get("precision"), "checkpoint" in r, config]

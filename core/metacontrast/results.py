@@ -6,9 +6,9 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-import attrs
 import torch
 
+from metacontrast.evaluation import protocol_settings
 from metacontrast.run_evaluation import eval_train_index
 from metacontrast.run_setup import Run, threads_state
 
@@ -52,13 +52,6 @@ def hardware_description(device: torch.device) -> str:
                 model = line.split(":", 1)[1].strip()
                 break
     return f"{model or 'CPU'} ({torch.get_num_threads()} threads)"
-
-
-def protocol_settings(evaluator: Any) -> dict[str, Any]:
-    """An evaluator's effective settings (its config with every default filled in)."""
-    config = evaluator.config
-    settings = attrs.asdict(config) if attrs.has(type(config)) else {}
-    return {"name": evaluator.NAME, **settings}
 
 
 def describe_run(run: Run, metrics: dict[str, dict[str, float]], seconds: float) -> dict[str, Any]:

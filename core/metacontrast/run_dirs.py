@@ -50,7 +50,7 @@ RESULTS = "results.json"
 # keys that change how a run is watched or kept, not what it trains
 NOT_IDENTITY = ("trainer.run_dir", "trainer.resume", "trainer.progress", "trainer.tensorboard",
                 "trainer.log_every", "trainer.threads", "trainer.checkpoint_every",
-                "trainer.keep_checkpoints")
+                "trainer.keep_checkpoints", "logger")
 
 
 class RunDirError(ConfigError):
@@ -72,7 +72,10 @@ def config_digest(cfg: DictConfig) -> str:
     assert isinstance(plain, dict)
     for key in NOT_IDENTITY:
         section, _, leaf = key.partition(".")
-        plain.get(section, {}).pop(leaf, None)
+        if leaf:
+            plain.get(section, {}).pop(leaf, None)
+        else:
+            plain.pop(section, None)
     text = json.dumps(plain, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

@@ -16,11 +16,12 @@ from metacontrast.config import ConfigError
 from metacontrast.evaluation import (
     extract_features,
     project_2d,
+    protocol_settings,
     run_evaluators,
     select_periodic,
     update_best,
 )
-from metacontrast.metrics import MetricsLogger
+from metacontrast.metrics import RunLog
 from metacontrast.phases import SILENT
 from metacontrast.records import EvalInputs
 from metacontrast.run_setup import Run, eval_train_subset, tick
@@ -106,7 +107,7 @@ def evaluate_baselines(run: Run) -> None:
                                                             label="evaluating baseline raw_pixels")
 
 
-def periodic_evaluation(run: Run, logger: MetricsLogger) -> None:
+def periodic_evaluation(run: Run, logger: RunLog) -> None:
     """The periodic evaluators on rank 0; with ``evaluation.sharded`` under DDP every rank
     extracts its share of the frozen features first."""
     periodic = select_periodic(run.components.evaluators, periodic_names(run))
@@ -126,8 +127,9 @@ def periodic_evaluation(run: Run, logger: MetricsLogger) -> None:
     tick(run)
     update_best(run.best_metrics, metrics, epoch=pos.epoch, step=pos.step)
     check_target(run, metrics)
-    logger.log({"step": pos.step, "epoch": pos.epoch, "wall_clock_s": round(run.elapsed_s, 2),
-                **{f"eval/{k}": v for k, v in metrics.items()}})
+    protocols = {name: protocol_settings(ev) for name, ev in periodic.items()}
+    logger.log_evaluation({"step": pos.step, "epoch": pos.epoch, "wall_clock_s": round(run.elapsed_s, 2),
+                           **{f"eval/{k}": v for k, v in metrics.items()}}, protocols)
 
 
 def check_target(run: Run, metrics: dict[str, float]) -> None:

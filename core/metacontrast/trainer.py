@@ -11,6 +11,7 @@ callers (the CLI, the Python API, benchmarks, tests).
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -19,11 +20,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from metacontrast import distributed
+from metacontrast.builder import build_loggers
 from metacontrast.checkpoint import CheckpointError, latest_checkpoint, load_safe
 from metacontrast.config import ConfigError, from_yaml, to_yaml
 from metacontrast.evaluation import update_best
+from metacontrast.interfaces import RunStart
 from metacontrast.loop import forward_backward, settle_step, take_step, train_steps, update_after_backward
-from metacontrast.metrics import MetricsLogger
+from metacontrast.metrics import RunLog
 from metacontrast.plugins import PluginManager
 from metacontrast.results import describe_run
 from metacontrast.resume import (
@@ -33,7 +36,7 @@ from metacontrast.resume import (
     restore,
     save_checkpoint,
 )
-from metacontrast.run_dirs import SessionClock, cut_metrics, write_text_atomic
+from metacontrast.run_dirs import SessionClock, write_text_atomic
 from metacontrast.run_evaluation import eval_inputs, evaluate_baselines, evaluate_encoder
 from metacontrast.run_setup import (
     Position,
@@ -46,7 +49,7 @@ from metacontrast.run_setup import (
     use_deterministic_algorithms,
 )
 from metacontrast.schema_checks import check_values
-from metacontrast.signals import StopSignals
+from metacontrast.signals import StopRequested, StopSignals
 from metacontrast.targets import check_targets
 
 
@@ -68,48 +71,79 @@ def _fit_in(cfg: DictConfig, plugins: PluginManager | None, run_dir: Path) -> di
     elif run.world.is_main:
         evaluate_baselines(run)
     if run.world.is_main:
-        dropped = cut_metrics(run.run_dir, run.position.step)
         write_text_atomic(run.run_dir / "config.yaml", to_yaml(cfg))
         if resume is not None:
             print(f"resuming from {resume[0]} at step {run.position.step}", file=sys.stderr)
-        if dropped:
-            print(f"metrics.jsonl: {dropped} rows logged after step {run.position.step} by an earlier "
-                  f"process removed (those steps run again)", file=sys.stderr)
+    log = _run_log(run, session, resumed=resume is not None)
     distributed.barrier()
-    logger = MetricsLogger(run.run_dir, enabled=run.world.is_main, total_steps=run.total_steps,
-                           initial_step=run.position.step, progress=bool(cfg.trainer.progress),
-                           tensorboard=bool(cfg.trainer.tensorboard),
-                           heartbeat=None if session is None else session.touch)
+    status = "failed"
     try:
-        with StopSignals() as stop:
-            train_steps(run, logger, stop)
-            if run.last_saved_step != run.position.step:
-                save_checkpoint(run)
+        try:
+            with StopSignals() as stop:
+                train_steps(run, log, stop)
+                if run.last_saved_step != run.position.step:
+                    save_checkpoint(run)
+        except StopRequested:
+            status = "stopped"
+            raise
+        log.end_progress()
+        results = _finish(run, log, session, started) if run.world.is_main else {}
+        status = "finished"
     finally:
-        logger.close()
-    results: dict[str, Any] = {}
-    if run.world.is_main:
-        assert session is not None
-        evaluated = time.perf_counter()
-        pretrained = (evaluate_encoder(run, run.model.encoder, project=True, label="the trained encoder")
-                      if run.components.evaluators else {})
-        evaluated = time.perf_counter() - evaluated
-        metrics = {"pretrained": pretrained}
-        metrics.update(run.baseline_metrics)
-        # the final evaluation competes with the periodic ones for "best"
-        final = {k: v for k, v in pretrained.items() if k in run.best_metrics}
-        update_best(run.best_metrics, final, epoch=run.position.epoch, step=run.position.step)
-        results = describe_run(run, metrics, session.total_s())
-        results["this_process_s"] = round(time.perf_counter() - started, 1)
-        # every evaluator on the trained encoder (and its 2-D projection), after the loop
-        results["final_evaluation_s"] = round(evaluated, 2)
-        write_text_atomic(run.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
-        if run.compile_watch is not None:
-            report = run.compile_watch.report()
-            if report.recompiles or report.graph_breaks or report.eager:
-                print(report.summary(), file=sys.stderr)
+        log.close(status)
     distributed.barrier()
     return results or {"run_dir": str(run.run_dir)}
+
+
+def _run_log(run: Run, session: SessionClock | None, resumed: bool) -> RunLog:
+    """The loggers (rank 0), told where the run starts; the progress bar."""
+    cfg = run.cfg
+    loggers = build_loggers(cfg, run.plugins, run.components.context) if run.world.is_main else {}
+    log = RunLog(loggers, total_steps=run.total_steps, initial_step=run.position.step,
+                 progress=bool(cfg.trainer.progress) and run.world.is_main,
+                 heartbeat=None if session is None else session.touch,
+                 durable_step=lambda: run.last_saved_step)
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(plain, dict)
+    log.start(RunStart(run_dir=run.run_dir, config=plain, step=run.position.step, total_steps=run.total_steps,
+                       resumed=resumed, method=str(cfg.get("method_name", "")), dataset=str(cfg.data.name)))
+    return log
+
+
+def _finish(run: Run, log: RunLog, session: SessionClock | None, started: float) -> dict[str, Any]:
+    """Rank 0 after training: every evaluator on the trained encoder, ``results.json``,
+    the report's figures for the loggers that want them, the loggers' summary."""
+    assert session is not None
+    evaluated = time.perf_counter()
+    pretrained = (evaluate_encoder(run, run.model.encoder, project=True, label="the trained encoder")
+                  if run.components.evaluators else {})
+    evaluated = time.perf_counter() - evaluated
+    metrics = {"pretrained": pretrained}
+    metrics.update(run.baseline_metrics)
+    # the final evaluation competes with the periodic ones for "best"
+    final = {k: v for k, v in pretrained.items() if k in run.best_metrics}
+    update_best(run.best_metrics, final, epoch=run.position.epoch, step=run.position.step)
+    results = describe_run(run, metrics, session.total_s())
+    results["this_process_s"] = round(time.perf_counter() - started, 1)
+    # every evaluator on the trained encoder (and its 2-D projection), after the loop
+    results["final_evaluation_s"] = round(evaluated, 2)
+    write_text_atomic(run.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    if run.compile_watch is not None:
+        report = run.compile_watch.report()
+        if report.recompiles or report.graph_breaks or report.eager:
+            print(report.summary(), file=sys.stderr)
+    log.finish(results, report_figures(run.run_dir) if log.wants_figures() else {})
+    return results
+
+
+def report_figures(run_dir: Path) -> dict[str, Path]:
+    """The report of this one run (``metacontrast report RUN_DIR``), written into
+    ``<run_dir>/report``: its PNG figures by name."""
+    from metacontrast.report import write_report
+
+    out = write_report([run_dir]).parent
+    # one run: its projection is "projection" (the report numbers and labels each run's)
+    return {re.sub(r"^projection_00_.*", "projection", path.stem): path for path in sorted(out.glob("*.png"))}
 
 
 # what the baselines' numbers depend on besides the (unchanged) encoder architecture

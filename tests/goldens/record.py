@@ -61,7 +61,7 @@ TABLE_BASE = ["data=tabular/wine", "trainer=debug", "trainer.resume=never", "tra
               "trainer.compile=off", "trainer.seed=0"]
 # the main job (`make train`), shortened: 30 steps, then its evaluators
 MAIN_JOB = ["experiment=digits_simclr", "trainer.max_steps=30", "trainer.device=cpu", "trainer.precision=fp32",
-            "trainer.resume=never", "trainer.progress=false", "trainer.tensorboard=false"]
+            "trainer.resume=never", "trainer.progress=false", "logger=[jsonl]"]
 
 
 def colour_npz(folder: Path) -> Path:

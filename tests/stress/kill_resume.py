@@ -29,7 +29,7 @@ import torch
 from metacontrast.checkpoint import list_checkpoints, load_safe
 
 OVERRIDES = ["experiment=digits_simclr", "trainer.device=cpu", "trainer.batch_size=32", "trainer.epochs=1000",
-             "trainer.log_every=1", "trainer.progress=false", "trainer.tensorboard=false",
+             "trainer.log_every=1", "trainer.progress=false", "logger=[jsonl]",
              "evaluation.baselines=[]", "eval=[knn]", "eval.knn.k=5", "evaluation.train_subset=200",
              "data.test_subset=100"]
 

@@ -15,6 +15,7 @@ from metacontrast.builtin.evaluators import KNNEvaluator
 from metacontrast.builtin.fewshot import FewShotEvaluator
 from metacontrast.builtin.heads import IdentityHead, MLPHead
 from metacontrast.builtin.linear_probe import LinearProbeEvaluator
+from metacontrast.builtin.loggers import JsonlLogger, TensorBoardLogger
 from metacontrast.builtin.semi_supervised import SemiSupervisedEvaluator
 from metacontrast.builtin.transfer import TransferEvaluator
 from metacontrast.builtin.views import IdentityViews
@@ -44,6 +45,11 @@ def metacontrast_register_episode_builders() -> list[type]:
 @hookimpl
 def metacontrast_register_evaluators() -> list[type]:
     return [KNNEvaluator, LinearProbeEvaluator, FewShotEvaluator, SemiSupervisedEvaluator, TransferEvaluator]
+
+
+@hookimpl
+def metacontrast_register_loggers() -> list[type]:
+    return [JsonlLogger, TensorBoardLogger]
 
 
 @hookimpl(trylast=True)

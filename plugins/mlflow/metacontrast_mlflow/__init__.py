@@ -1,0 +1,1 @@
+"""metacontrast-mlflow: runs logged to MLflow tracking (``logger=[jsonl, mlflow]``)."""

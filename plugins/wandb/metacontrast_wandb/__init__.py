@@ -1,0 +1,1 @@
+"""metacontrast-wandb: runs logged to Weights & Biases (``logger=[jsonl, wandb]``)."""
