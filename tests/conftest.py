@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,16 @@ TEST_DEVICE = os.environ.get("METACONTRAST_TEST_DEVICE", "cpu")
 # (METACONTRAST_THREAD_POLICY=fixed) instead of following the load; subprocesses inherit
 # it. test_threads.py runs the default policy.
 os.environ.setdefault("METACONTRAST_THREAD_POLICY", "fixed")
+
+# Tracking services stay on this machine, as a user's own settings would keep them: W&B
+# offline (its files under the run directory, its own settings and caches in a scratch
+# folder) and MLflow on a local file store; subprocesses inherit these.
+_TRACKING = Path(tempfile.mkdtemp(prefix="metacontrast-tracking-"))
+for _key, _value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONSOLE": "off",
+                     "WANDB_CONFIG_DIR": str(_TRACKING / "wandb"), "WANDB_CACHE_DIR": str(_TRACKING / "wandb"),
+                     "WANDB_DATA_DIR": str(_TRACKING / "wandb"), "MLFLOW_TRACKING_URI": (_TRACKING / "mlruns").as_uri(),
+                     "MLFLOW_ALLOW_FILE_STORE": "true"}.items():
+    os.environ.setdefault(_key, _value)
 
 
 @pytest.fixture(scope="session", autouse=True)

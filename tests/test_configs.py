@@ -195,6 +195,8 @@ def test_config_composes_and_runs_two_steps(group, option, tmp_path, monkeypatch
             fit(cfg)
         return
     extra = [f"{group}={option}" if group not in ("loss", "eval") else f"{group}=[{option}]"]
+    if group == "logger":  # beside metrics.jsonl, which the test reads
+        extra = [f"logger=[{','.join(dict.fromkeys(['jsonl', option]))}]"]
     if group in ADDED_GROUPS:
         extra = [f"+{group}={option}"]
     extra += NEEDS.get((group, option), [])
@@ -244,7 +246,7 @@ def test_config_composes_and_runs_two_steps(group, option, tmp_path, monkeypatch
             node.k = min(int(node.k), 5)
     if group == "trainer":  # the trainer group decides device and length: keep the test short
         cfg.trainer.max_steps, cfg.trainer.batch_size, cfg.trainer.device = 2, 8, TEST_DEVICE
-        cfg.trainer.progress = cfg.trainer.tensorboard = False
+        cfg.trainer.progress = False
     results = fit(cfg)
     assert results["steps"] == 2
     rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]

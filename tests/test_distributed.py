@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -106,12 +107,22 @@ def test_torchrun_trains_two_steps_end_to_end(tmp_path):
     from .conftest import TINY
 
     run_dir = tmp_path / "run"
+    # rank 0 alone logs: the MLflow store (where installed) gets one run, each step once
+    tracker = importlib.util.find_spec("mlflow") is not None
+    store = (tmp_path / "mlruns").as_uri()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "metacontrast.cli", "train", *TINY, "trainer.batch_size=8", "trainer.sync_batchnorm=true",
-           f"trainer.run_dir={run_dir}"]
+           f"trainer.run_dir={run_dir}", *(["logger=[jsonl,mlflow]"] if tracker else [])]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_GUARD_S,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": store,
+                               "MLFLOW_ALLOW_FILE_STORE": "true"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    if tracker:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(store)
+        (run,) = client.search_runs([client.get_experiment_by_name("metacontrast").experiment_id])
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
     results = json.loads((run_dir / "results.json").read_text())
     assert results["world_size"] == 2 and results["global_batch"] == 16 and results["steps"] == 2
     payload = torch.load(sorted((run_dir / "checkpoints").iterdir())[-1], weights_only=True)
