@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import secrets
 import string
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from metacontrast.interfaces import Logger, RunStart
 from metacontrast_wandb.offline import offline_files, offline_history
 
 MODES = ("online", "offline", "disabled")
+IN_USE_WAIT_S = 60.0  # how long a resumed run waits for a killed process's W&B service to let go
 ROWS = ("checkpointed", "live")
 
 
@@ -93,15 +96,27 @@ class WandbLogger(Logger):
 
         c = self.config
         self._step = start.step
-        try:
-            self._run = wandb.init(project=c.project, entity=c.entity, group=c.group, tags=list(c.tags),
-                                   name=c.run_name or Path(start.run_dir).name, id=self.run_id(start.run_dir),
-                                   resume="allow", mode=c.mode, dir=str(start.run_dir), config=start.config)
-        except Exception as err:
-            first = next((ln for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
-            advice = ("; log in with `wandb login`, or set logger.wandb.mode=offline to keep the run under "
-                      "the run directory" if "api_key" in first.lower() or "login" in first.lower() else "")
-            raise RuntimeError(f"W&B could not start ({type(err).__name__}: {first}){advice}") from None
+        run_id, waited = self.run_id(start.run_dir), 0.0
+        while True:
+            try:
+                self._run = wandb.init(project=c.project, entity=c.entity, group=c.group, tags=list(c.tags),
+                                       name=c.run_name or Path(start.run_dir).name, id=run_id, resume="allow",
+                                       mode=c.mode, dir=str(start.run_dir), config=start.config)
+                break
+            except Exception as err:
+                first = next((ln for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+                if "in use" in first and waited < IN_USE_WAIT_S:
+                    # a killed process's W&B service still holds the run; it exits on its own
+                    if waited == 0:
+                        print(f"W&B run {run_id} is still held by a stopped process's W&B service; "
+                              f"waiting up to {IN_USE_WAIT_S:.0f} s for it to let go", file=sys.stderr)
+                    time.sleep(2.0)
+                    waited += 2.0
+                    continue
+                advice = ("; log in with `wandb login`, or set logger.wandb.mode=offline to keep the run "
+                          "under the run directory" if "api_key" in first.lower() or "login" in first.lower()
+                          else "")
+                raise RuntimeError(f"W&B could not start ({type(err).__name__}: {first}){advice}") from None
         self._this_process = Path(self._run.dir).parent
         self._run_dir = Path(start.run_dir)
 
