@@ -9,6 +9,7 @@ keeps the run under ``<run_dir>/wandb`` until ``wandb sync``.
 
 from __future__ import annotations
 
+import os
 import secrets
 import string
 import sys
@@ -49,6 +50,17 @@ class WandbConfig:
                              f"null for W&B's own settings")
         if self.rows not in ROWS:
             raise ValueError(f"rows: {self.rows!r}; choose checkpointed or live")
+
+
+def own_service() -> None:
+    """Run this process's W&B service itself. W&B leaves the address of its service in
+    ``WANDB_SERVICE`` for child processes; a training started by a process that used W&B
+    (a notebook, a launcher, a test runner) would share that service, which keeps the run
+    registered after this process is killed, so that its resume is refused ("run ID ... is
+    in use"). A service started by another process is not used."""
+    parts = os.environ.get("WANDB_SERVICE", "").split("-")
+    if len(parts) > 2 and parts[1].isdigit() and int(parts[1]) != os.getpid():
+        os.environ.pop("WANDB_SERVICE", None)
 
 
 def _numbers(row: dict[str, Any]) -> dict[str, float]:
@@ -96,6 +108,7 @@ class WandbLogger(Logger):
 
         c = self.config
         self._step = start.step
+        own_service()
         run_id, waited = self.run_id(start.run_dir), 0.0
         while True:
             try:

@@ -58,3 +58,18 @@ def test_a_log_cut_short_or_damaged_ends_where_its_last_good_record_does(offline
     path.write_bytes(bytes(damaged))
     kept = [r["_step"] for r in offline_history(run_dir) if "loss" in r]
     assert kept == list(range(1, len(kept) + 1)) and len(kept) < len(cut)
+
+
+def test_a_service_another_process_started_is_not_shared(monkeypatch):
+    """The parent's service would keep a killed run registered (its resume refused)."""
+    import os
+
+    from metacontrast_wandb.logger import own_service
+
+    monkeypatch.setenv("WANDB_SERVICE", f"2-{os.getpid() + 1}-unix-/tmp/wandb-service.sock")
+    own_service()
+    assert "WANDB_SERVICE" not in os.environ
+    mine = f"2-{os.getpid()}-unix-/tmp/wandb-service.sock"
+    monkeypatch.setenv("WANDB_SERVICE", mine)
+    own_service()
+    assert os.environ["WANDB_SERVICE"] == mine
