@@ -1,6 +1,7 @@
 """The timm encoder: built as timm builds the model, patch models sized for the data, local
 pretrained weights only, two training steps of SimCLR and ProtoNet on a ResNet, a ConvNeXt
-and a small ViT, and the trained encoder exported back to timm."""
+and a small ViT, and the trained encoder exported back to timm (torch and safetensors weights)
+and as an ONNX graph."""
 
 from __future__ import annotations
 
@@ -110,4 +111,17 @@ def test_two_steps_of_simclr_and_protonet(model, method, colour, tmp_path):
         x = torch.randn(2, 3, 32, 32)
         with torch.no_grad():
             torch.testing.assert_close(metacontrast.load_encoder(out)(x), reference(x))
+            expected = reference(x)
         assert list_checkpoints(run / "checkpoints")
+        # the same weights as safetensors for timm, and the encoder as an ONNX graph
+        from safetensors.torch import load_file
+
+        reference.load_state_dict(load_file(metacontrast.export_encoder(run, "timm", tmp_path / "vit.safetensors")),
+                                  strict=True)
+        onnxruntime = pytest.importorskip("onnxruntime")
+        graph = metacontrast.export_encoder(run, "onnx", tmp_path / "vit.onnx")
+        session = onnxruntime.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+        for batch in (x, x[:1]):
+            got = torch.from_numpy(session.run(None, {"images": batch.numpy()})[0])
+            torch.testing.assert_close(got, expected[: len(batch)], rtol=0,
+                                       atol=1e-4 * max(1.0, float(expected.abs().max())))
